@@ -1,0 +1,142 @@
+"""The one place that adapts RecBole 1.2.1 to today's stack.
+
+RecBole 1.2.1 (the newest release) predates torch 2.6, NumPy 2 and SciPy 1.13. Everything we do
+to make it run lives here, done by subclassing RecBole's extension points, never by editing or
+monkey-patching RecBole's modules at import time:
+
+* ``torch.load`` defaults to ``weights_only=True`` since torch 2.6, but RecBole's checkpoints
+  pickle the whole ``Config``. :func:`load_checkpoint` loads our own checkpoints with
+  ``weights_only=False`` and :class:`CompatTrainerMixin` routes RecBole's trainers through it.
+* ``recbole.quick_start`` imports ``ray`` (which needs ``pkg_resources`` and NumPy < 1.24);
+  recbole_mm never imports it: :mod:`recbole_mm.quick_start` is our own.
+* ``Config._init_device`` hard-codes the NCCL backend for DDP; :func:`ddp_backend` picks gloo on
+  CPU, and :class:`CompatTrainerMixin` builds a CPU-valid ``DistributedDataParallel``.
+* RecBole needs NumPy < 2 (``np.float_`` aliases) and SciPy < 1.13 (its LightGCN/NGCF/... call
+  ``dok_matrix._update``); the package pins both and :func:`check_environment` explains a
+  broken environment instead of failing deep inside RecBole.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as _md
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = [
+    "load_checkpoint",
+    "ddp_backend",
+    "CompatTrainerMixin",
+    "make_compatible",
+    "check_environment",
+]
+
+
+def _version_tuple(text: str) -> tuple:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_environment() -> None:
+    """Raise a readable error when NumPy/SciPy are too new for RecBole 1.2.1."""
+    problems = []
+    try:
+        if _version_tuple(_md.version("numpy")) >= (2,):
+            problems.append("numpy>=2 (RecBole 1.2.1 uses np.float_ and friends): pip install 'numpy<2'")
+    except _md.PackageNotFoundError:  # pragma: no cover - numpy is a hard dependency
+        pass
+    try:
+        if _version_tuple(_md.version("scipy")) >= (1, 13):
+            problems.append(
+                "scipy>=1.13 (RecBole's LightGCN/NGCF/... call dok_matrix._update): pip install 'scipy<1.13'"
+            )
+    except _md.PackageNotFoundError:  # pragma: no cover
+        pass
+    if problems:
+        raise RuntimeError("recbole_mm: incompatible environment: " + "; ".join(problems))
+
+
+def load_checkpoint(path, map_location=None):
+    """Load a RecBole/recbole_mm checkpoint.
+
+    Our checkpoints pickle the run's ``Config`` next to the state dict, which torch>=2.6's
+    ``weights_only=True`` refuses; they are files this toolkit wrote itself, so full unpickling
+    is what we want. Only call this on checkpoints you trust.
+    """
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def ddp_backend() -> str:
+    """NCCL only exists for CUDA; CPU-only DDP must use gloo."""
+    return "nccl" if torch.cuda.is_available() and torch.distributed.is_nccl_available() else "gloo"
+
+
+class CompatTrainerMixin:
+    """Mixed in front of any RecBole trainer class (see :func:`make_compatible`)."""
+
+    def __init__(self, config, model):
+        cpu_ddp = (not config["single_spec"]) and config["device"].type == "cpu"
+        if not cpu_ddp:
+            super().__init__(config, model)
+            return
+        # RecBole wraps the model in DDP with device_ids=[local_rank], which is CUDA-only.
+        # Let it build everything else as a single process, then wrap for CPU ourselves.
+        config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            config["single_spec"] = False
+        self.distributed_model = DistributedDataParallel(self.model)
+
+    def resume_checkpoint(self, resume_file):
+        checkpoint = load_checkpoint(str(resume_file), map_location=self.device)
+        self.saved_model_file = str(resume_file)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            self.logger.warning(
+                "Checkpoint %s was trained with model %s, not %s; loading its state dict may fail.",
+                resume_file,
+                checkpoint["config"]["model"],
+                self.config["model"],
+            )
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info("Checkpoint loaded. Resume training from epoch %d", self.start_epoch)
+
+    def load_best(self, model_file=None):
+        """Load the best checkpoint written by ``fit`` (or ``model_file``) into the model."""
+        checkpoint_file = model_file or self.saved_model_file
+        checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.logger.info("Loading model structure and parameters from %s", checkpoint_file)
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not eval_data:
+            return None
+        if load_best_model:
+            self.load_best(model_file)
+        return super().evaluate(
+            eval_data, load_best_model=False, model_file=None, show_progress=show_progress
+        )
+
+
+_COMPAT_CACHE: dict = {}
+
+
+def make_compatible(trainer_cls):
+    """Return ``trainer_cls`` with :class:`CompatTrainerMixin` in front of it (cached)."""
+    from recbole.trainer import Trainer as RecBoleTrainer
+
+    # Only torch trainers save/load torch checkpoints (XGBoost/LightGBM trainers do not).
+    if issubclass(trainer_cls, CompatTrainerMixin) or not issubclass(trainer_cls, RecBoleTrainer):
+        return trainer_cls
+    if trainer_cls not in _COMPAT_CACHE:
+        _COMPAT_CACHE[trainer_cls] = type(trainer_cls.__name__, (CompatTrainerMixin, trainer_cls), {})
+    return _COMPAT_CACHE[trainer_cls]

@@ -1,0 +1,107 @@
+"""MultimodalDataset: RecBole's Dataset plus item features aligned to RecBole's internal item ids.
+
+Used for every general model, RecBole's built-ins included, so that all models see the identical
+filtered interactions and split. After loading:
+
+* ``dataset.item_features[name]``: float32 tensor ``(n_items, d)``, row = internal item id, row 0
+  (padding) zeros;
+* ``dataset.item_feature_mask[name]``: bool tensor ``(n_items,)``, True where the item had a real
+  row in the file (False for padding and for imputed items).
+
+Config keys (see README): ``modalities``, ``modality_dir``, ``use_modalities``,
+``missing_modality``, ``feature_builder``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from recbole.data.dataset import Dataset
+from recbole.utils import set_color
+
+from recbole_mm.data.features import (
+    FeatureError,
+    align_to_items,
+    fill_missing,
+    parse_modalities,
+    read_feature_matrix,
+    row_tokens_for,
+)
+
+
+class MultimodalDataset(Dataset):
+    def __init__(self, config):
+        self.item_features = {}
+        self.item_feature_mask = {}
+        super().__init__(config)
+
+    # -- loading ---------------------------------------------------------------------------
+    def _data_processing(self):
+        # Remember every raw item token before filtering/remapping: a feature id file may name
+        # items that filtering later drops (fine), but not items the dataset never had (an error).
+        raw = [self.inter_feat[self.iid_field].astype(str).unique()]
+        if getattr(self, "item_feat", None) is not None and self.iid_field in self.item_feat:
+            raw.append(self.item_feat[self.iid_field].astype(str).unique())
+        self._raw_item_tokens = pd.unique(np.concatenate(raw))
+        super()._data_processing()
+        self._load_modalities()
+        del self._raw_item_tokens
+
+    def modality_dir(self) -> str:
+        configured = self.config["modality_dir"]
+        builder = self.config["feature_builder"]
+        if builder:
+            from recbole_mm.data.embedded import build_features
+
+            return build_features(builder, self.config, self.dataset_path)
+        return configured or self.dataset_path
+
+    def _load_modalities(self):
+        specs = parse_modalities(self.config["modalities"], self.modality_dir())
+        wanted = self.config["use_modalities"]
+        if wanted is not None:
+            if isinstance(wanted, str):
+                wanted = [wanted]
+            names = [s.name for s in specs]
+            unknown = [w for w in wanted if w not in names]
+            if unknown:
+                raise FeatureError(
+                    f"use_modalities names {unknown}, but dataset '{self.dataset_name}' has modalities {names}"
+                )
+            specs = [s for s in specs if s.name in wanted]
+        policy = self.config["missing_modality"] or "mean"
+        id2token = self.field2id_token[self.iid_field]
+        for spec in specs:
+            matrix = read_feature_matrix(spec.path, spec.name)
+            tokens = row_tokens_for(spec, matrix.shape[0], self._raw_item_tokens)
+            aligned, present = align_to_items(matrix, tokens, id2token, spec)
+            aligned = fill_missing(aligned, present, policy, spec, id2token)
+            self.item_features[spec.name] = torch.from_numpy(aligned)
+            self.item_feature_mask[spec.name] = torch.from_numpy(present)
+            coverage = present[1:].mean() if len(present) > 1 else 0.0
+            self.logger.info(
+                set_color("modality", "blue")
+                + f" [{spec.name}]: {matrix.shape[1]}-d from {spec.path}, coverage {coverage:.1%} of {len(present) - 1} items"
+            )
+
+    # -- helpers for models ----------------------------------------------------------------
+    @property
+    def modality_names(self) -> list:
+        return list(self.item_features)
+
+    def __str__(self):
+        info = super().__str__()
+        if self.item_features:
+            mods = ", ".join(
+                f"{name}({feat.shape[1]}-d, {float(self.item_feature_mask[name][1:].float().mean()):.1%} covered)"
+                for name, feat in self.item_features.items()
+            )
+            info += "\n" + set_color("Modalities", "blue") + f": {mods}"
+        return info
+
+
+def describe_split(datasets) -> str:
+    """``'train 44327 / valid 4799 / test 7219 interactions'`` for the three built datasets."""
+    names = ("train", "valid", "test")
+    return " / ".join(f"{n} {len(d)}" for n, d in zip(names, datasets)) + " interactions"

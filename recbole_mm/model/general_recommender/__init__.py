@@ -1,0 +1,8 @@
+"""recbole_mm's general (user-item) recommenders, one file per model."""
+
+from recbole_mm.model.general_recommender.vbpr import VBPR
+
+#: registry read by recbole_mm.utils.get_model
+MODELS = {cls.__name__: cls for cls in (VBPR,)}
+
+__all__ = list(MODELS)

@@ -11,6 +11,8 @@ monkey-patching RecBole's modules at import time:
   recbole_mm never imports it: :mod:`recbole_mm.quick_start` is our own.
 * ``Config._init_device`` hard-codes the NCCL backend for DDP; :func:`ddp_backend` picks gloo on
   CPU, and :class:`CompatTrainerMixin` builds a CPU-valid ``DistributedDataParallel``.
+* RecBole's exhaustive hyper-parameter search hands hyperopt a ``RandomState``, which hyperopt
+  >= 0.2.7 rejects; :func:`hyper_tuning_class` swaps in :func:`grid_search`.
 * RecBole needs NumPy < 2 (``np.float_`` aliases) and SciPy < 1.13 (its LightGCN/NGCF/... call
   ``dok_matrix._update``); the package pins both and :func:`check_environment` explains a
   broken environment instead of failing deep inside RecBole.
@@ -29,6 +31,8 @@ __all__ = [
     "CompatTrainerMixin",
     "make_compatible",
     "check_environment",
+    "grid_search",
+    "hyper_tuning_class",
 ]
 
 
@@ -140,3 +144,45 @@ def make_compatible(trainer_cls):
     if trainer_cls not in _COMPAT_CACHE:
         _COMPAT_CACHE[trainer_cls] = type(trainer_cls.__name__, (CompatTrainerMixin, trainer_cls), {})
     return _COMPAT_CACHE[trainer_cls]
+
+
+def grid_search(new_ids, domain, trials, seed, names, sizes):
+    """Deterministic exhaustive search, a hyperopt ``algo``.
+
+    RecBole 1.2.1's ``exhaustive_search`` samples the grid with a ``numpy.random.RandomState``,
+    which hyperopt >= 0.2.7 no longer accepts (it calls ``rng.integers``). This enumerates the
+    grid of ``hp.choice`` indices in order instead, skipping points already tried.
+    """
+    import itertools
+
+    from hyperopt.base import miscs_update_idxs_vals
+
+    seen = {tuple(t["misc"]["vals"][n][0] for n in names) for t in trials.trials}
+    remaining = (p for p in itertools.product(*(range(s) for s in sizes)) if p not in seen)
+    docs = []
+    for new_id in new_ids:
+        point = next(remaining, None)
+        if point is None:
+            break
+        misc = dict(tid=new_id, cmd=domain.cmd, workdir=domain.workdir)
+        miscs_update_idxs_vals([misc], {n: [new_id] for n in names}, {n: [v] for n, v in zip(names, point)})
+        docs.extend(trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc]))
+    return docs
+
+
+def hyper_tuning_class():
+    """RecBole's ``HyperTuning`` with :func:`grid_search` as its exhaustive algorithm."""
+    from functools import partial
+
+    from recbole.trainer.hyper_tuning import HyperTuning, _spacesize, _validate_space_exhaustive_search
+
+    class CompatHyperTuning(HyperTuning):
+        def __init__(self, objective_function, algo="exhaustive", **kwargs):
+            super().__init__(objective_function, algo=algo, **kwargs)
+            if algo == "exhaustive":
+                _validate_space_exhaustive_search(self.space)
+                names = sorted(self.space)
+                sizes = [_spacesize({n: self.space[n]}) for n in names]
+                self.algo = partial(grid_search, names=names, sizes=sizes)
+
+    return CompatHyperTuning

@@ -10,6 +10,18 @@ from contextlib import contextmanager
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp_path: str, final_path: str, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) paths; give the result normal permissions."""
+    os.chmod(tmp_path, (0o777 if directory else 0o666) & ~_umask())
+    os.replace(tmp_path, final_path)
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file + rename (never a half-written file)."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -18,7 +30,7 @@ def atomic_write_text(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -32,7 +44,7 @@ def atomic_save_npy(path: str, array: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, array)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -63,10 +75,10 @@ def staged_output_dir(final_dir: str, force: bool = False):
             backup = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(final_dir)}.old-")
             os.rmdir(backup)
             os.replace(final_dir, backup)
-            os.replace(stage, final_dir)
+            _publish(stage, final_dir, directory=True)
             shutil.rmtree(backup, ignore_errors=True)
         else:
-            os.replace(stage, final_dir)
+            _publish(stage, final_dir, directory=True)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

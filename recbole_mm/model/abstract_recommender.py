@@ -39,13 +39,16 @@ class MultimodalRecommender(GeneralRecommender):
     def modality_dims(self) -> dict:
         return {name: self.modality_feature(name).shape[1] for name in self.modalities}
 
-    def concat_features(self, normalize: bool = False) -> torch.Tensor:
-        """All modalities side by side, ``(n_items, sum d)``; each L2-normalised first if asked.
+    def concat_features(self, items=None, normalize: bool = False) -> torch.Tensor:
+        """All modalities side by side, ``(n_items or len(items), sum d)``.
 
-        Normalising per modality keeps one large-scale modality (e.g. raw CNN activations) from
-        drowning the others in early fusion.
+        With ``normalize`` each modality is L2-normalised first, which keeps one large-scale
+        modality (e.g. raw CNN activations) from drowning the others in early fusion. Rows are
+        gathered before normalising, so a batch only pays for its own items.
         """
         feats = [self.modality_feature(n) for n in self.modalities]
+        if items is not None:
+            feats = [f[items] for f in feats]
         if normalize:
-            feats = [F.normalize(f, dim=1) for f in feats]
-        return torch.cat(feats, dim=1)
+            feats = [F.normalize(f, dim=-1) for f in feats]
+        return torch.cat(feats, dim=-1)

@@ -47,8 +47,7 @@ class VBPR(MultimodalRecommender):
         nn.init.zeros_(self.feature_bias.weight)
 
     def _features(self, items=None) -> torch.Tensor:
-        feats = self.concat_features(normalize=self.normalize_features)
-        return feats if items is None else feats[items]
+        return self.concat_features(items, normalize=self.normalize_features)
 
     def _item_side(self, items=None):
         """Item factor ``[gamma_i ; E^T f_i]`` and bias ``beta_i + beta'^T f_i``."""

@@ -1,0 +1,140 @@
+"""Shared pieces of the converters: input checks, split files, dataset yaml, staged output."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from recbole_mm.io import atomic_write_text, staged_output_dir  # noqa: F401 (re-exported)
+
+SPLITS = ("train", "valid", "test")
+
+
+class ConversionError(ValueError):
+    """Bad converter input; the message names the file, field and row."""
+
+
+def read_table(path: str, required, sep="\t", dtype=None) -> pd.DataFrame:
+    """Read a delimited file and check that the ``required`` columns exist."""
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: file not found")
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype=dtype, keep_default_na=False, encoding="utf-8", engine="c")
+    except UnicodeDecodeError:
+        frame = pd.read_csv(path, sep=sep, dtype=dtype, keep_default_na=False, encoding="latin-1", engine="c")
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ConversionError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    return frame
+
+
+def check_integer_column(frame: pd.DataFrame, column: str, path: str, allowed=None) -> np.ndarray:
+    """Column as int64; a non-integer (or a value outside ``allowed``) is an error naming the row."""
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() | (values % 1 != 0)
+    if allowed is not None:
+        bad |= ~values.isin(list(allowed))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        expect = f"one of {sorted(allowed)}" if allowed is not None else "an integer"
+        raise ConversionError(
+            f"{path}: field '{column}' row {row + 1} (data line {row + 2}): value {frame[column].iloc[row]!r} "
+            f"is not {expect}"
+        )
+    return values.astype(np.int64).to_numpy()
+
+
+def split_by_label(users, items, labels) -> dict:
+    """``{'train'|'valid'|'test': (users, items)}`` from x_label 0/1/2."""
+    return {name: (users[labels == k], items[labels == k]) for k, name in enumerate(SPLITS)}
+
+
+def random_user_split(users, items, ratios=(0.8, 0.1, 0.1), seed=2020) -> dict:
+    """Per-user random split: each user's interactions shuffled (seeded) and cut by ``ratios``.
+
+    A user with n interactions gets ``round(r_valid n)`` validation and ``round(r_test n)`` test
+    interactions, at least one training interaction being kept. Vectorised (no per-user loop).
+    """
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"u": users, "i": items, "key": rng.random(len(users))})
+    frame = frame.sort_values(["u", "key"], kind="mergesort").reset_index(drop=True)
+    rank = frame.groupby("u").cumcount().to_numpy()
+    n = frame.groupby("u")["i"].transform("size").to_numpy()
+    n_valid = np.round(n * ratios[1]).astype(int)
+    n_test = np.round(n * ratios[2]).astype(int)
+    excess = np.maximum(n_valid + n_test - (n - 1), 0)  # keep >= 1 training interaction
+    cut_test = np.minimum(excess, n_test)
+    n_test, n_valid = n_test - cut_test, n_valid - (excess - cut_test)
+    n_train = n - n_valid - n_test
+    label = np.where(rank < n_train, 0, np.where(rank < n_train + n_valid, 1, 2))
+    return split_by_label(frame["u"].to_numpy(), frame["i"].to_numpy(), label)
+
+
+def k_core(users, items, min_user: int, min_item: int):
+    """Iteratively drop users/items with fewer interactions than the thresholds."""
+    users, items = np.asarray(users), np.asarray(items)
+    while True:
+        u_count = pd.Series(users).map(pd.Series(users).value_counts()).to_numpy()
+        i_count = pd.Series(items).map(pd.Series(items).value_counts()).to_numpy()
+        keep = (u_count >= min_user) & (i_count >= min_item)
+        if keep.all():
+            return users, items
+        users, items = users[keep], items[keep]
+
+
+def write_split_files(folder: str, name: str, splits: dict) -> None:
+    """``<name>.<split>.inter`` atomic files (call inside a staged output folder)."""
+    for split in SPLITS:
+        users, items = splits[split]
+        frame = pd.DataFrame({"user_id:token": users, "item_id:token": items})
+        frame.to_csv(os.path.join(folder, f"{name}.{split}.inter"), sep="\t", index=False)
+
+
+def write_dataset_yaml(folder: str, name: str, modalities: dict, source: str, extra=None) -> None:
+    config = {
+        "USER_ID_FIELD": "user_id",
+        "ITEM_ID_FIELD": "item_id",
+        "load_col": {"inter": ["user_id", "item_id"]},
+        "benchmark_filename": list(SPLITS),
+        "modalities": modalities,
+    }
+    config.update(extra or {})
+    header = f"# {name}: written by {source}; the split is kept in {name}.{{train,valid,test}}.inter\n"
+    atomic_write_text(os.path.join(folder, f"{name}.yaml"), header + yaml.safe_dump(config, sort_keys=False))
+
+
+def summary(name: str, splits: dict) -> str:
+    users = np.unique(np.concatenate([splits[s][0] for s in SPLITS]))
+    items = np.unique(np.concatenate([splits[s][1] for s in SPLITS]))
+    sizes = " / ".join(f"{s} {len(splits[s][0]):,}" for s in SPLITS)
+    return f"{name}: {len(users):,} users x {len(items):,} items; {sizes} interactions"
+
+
+def run_cli(main, argv=None) -> int:
+    """Run a converter's ``main``; bad input ends with a one-line error and exit status 2."""
+    try:
+        main(argv)
+    except (ConversionError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = [
+    "ConversionError",
+    "SPLITS",
+    "check_integer_column",
+    "k_core",
+    "random_user_split",
+    "read_table",
+    "run_cli",
+    "split_by_label",
+    "staged_output_dir",
+    "summary",
+    "write_dataset_yaml",
+    "write_split_files",
+]

@@ -1,0 +1,95 @@
+"""MMRec folder -> RecBole benchmark files + feature files + dataset yaml.
+
+    python -m dataset_converters.mmrec <input_dir> <output_root> [--name NAME] [--force]
+
+Reads ``<input_dir>/<name>.inter`` (tab-separated, columns userID, itemID, x_label with
+0/1/2 = train/valid/test) and every ``*_feat.npy`` beside it (one modality each, named by the
+file stem without ``_feat``; row r = itemID r, MMRec's convention). Writes
+``<output_root>/<name>/`` keeping the exact split. The inputs are only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+
+import numpy as np
+
+from dataset_converters._common import (
+    ConversionError,
+    check_integer_column,
+    read_table,
+    run_cli,
+    split_by_label,
+    staged_output_dir,
+    summary,
+    write_dataset_yaml,
+    write_split_files,
+)
+from recbole_mm.data.features import FeatureError, read_feature_matrix
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m dataset_converters.mmrec", description=__doc__.split("\n\n")[0])
+    parser.add_argument("input_dir", help="MMRec dataset folder with <name>.inter and *_feat.npy")
+    parser.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
+    parser.add_argument("--name", default=None, help="dataset name (default: the input folder's name)")
+    parser.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
+    return parser
+
+
+def convert(input_dir: str, output_root: str, name: str = None, force: bool = False) -> str:
+    input_dir = os.path.abspath(input_dir)
+    name = name or os.path.basename(input_dir.rstrip(os.sep))
+    inter_path = os.path.join(input_dir, f"{name}.inter")
+    frame = read_table(inter_path, required=["userID", "itemID", "x_label"])
+    users = check_integer_column(frame, "userID", inter_path)
+    items = check_integer_column(frame, "itemID", inter_path)
+    labels = check_integer_column(frame, "x_label", inter_path, allowed={0, 1, 2})
+    if (users < 0).any() or (items < 0).any():
+        column = "userID" if (users < 0).any() else "itemID"
+        row = int(np.flatnonzero((users if column == "userID" else items) < 0)[0])
+        raise ConversionError(f"{inter_path}: field '{column}' row {row + 1}: negative id")
+    splits = split_by_label(users, items, labels)
+
+    feature_files = sorted(glob.glob(os.path.join(input_dir, "*_feat.npy")))
+    modalities = {}
+    for path in feature_files:
+        modality = os.path.basename(path)[: -len("_feat.npy")]
+        try:
+            matrix = read_feature_matrix(path, modality)
+        except FeatureError as exc:
+            raise ConversionError(str(exc)) from exc
+        if matrix.shape[0] <= items.max():
+            raise ConversionError(
+                f"{path}: wrong row count: {matrix.shape[0]} rows but {inter_path} has itemID {items.max()} "
+                "(MMRec rule: row r = itemID r)"
+            )
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            raise ConversionError(f"{path}: row {int(np.flatnonzero(~finite)[0])} contains NaN or inf")
+        modalities[modality] = os.path.basename(path)
+
+    out_dir = os.path.join(os.path.abspath(output_root), name)
+    with staged_output_dir(out_dir, force=force) as stage:
+        write_split_files(stage, name, splits)
+        for path in feature_files:
+            shutil.copyfile(path, os.path.join(stage, os.path.basename(path)))
+        for mapping in ("i_id_mapping.tsv", "u_id_mapping.tsv", "i_id_mapping.csv", "u_id_mapping.csv"):
+            if os.path.isfile(os.path.join(input_dir, mapping)):
+                shutil.copyfile(os.path.join(input_dir, mapping), os.path.join(stage, mapping))
+        write_dataset_yaml(stage, name, modalities, source=f"dataset_converters.mmrec from {input_dir}")
+    print(summary(name, splits))
+    print(f"modalities: {', '.join(modalities) or 'none'}; written to {out_dir}")
+    return out_dir
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    convert(args.input_dir, args.output_root, name=args.name, force=args.force)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

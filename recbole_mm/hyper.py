@@ -1,0 +1,88 @@
+"""Hyper-parameter search: RecBole's HyperTuning (hyperopt) driving recbole_mm's objective.
+
+    python run_hyper.py --model=FREEDOM --dataset=lfm2k --data_path=DIR --params_file=hyper.test
+                        [--max_evals=N] [--algo=exhaustive|random|bayes] [--early_stop=N]
+                        [--output_file=hyper_result.md] [--config_files="a.yaml b.yaml"] [--key=value ...]
+
+The params file is RecBole's format, one parameter a line: ``learning_rate choice [0.01,0.001]``,
+``reg_weight loguniform -9,-3``, ``dropout uniform 0,0.5`` ... Trials are ranked on the valid
+metric (``valid_metric``, Recall@20 by default): test numbers are reported, never used to select.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from recbole_mm.compat import hyper_tuning_class
+from recbole_mm.io import atomic_write_text
+from recbole_mm.quick_start import objective_function
+from recbole_mm.utils import canonical_model_name
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="hyperopt search over a recbole_mm or RecBole model")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--params_file", required=True, help="search space, RecBole's params file format")
+    parser.add_argument("--config_files", default=None, help="space-separated fixed yaml files")
+    parser.add_argument("--algo", default="exhaustive", choices=["exhaustive", "random", "bayes"])
+    parser.add_argument("--max_evals", type=int, default=100, help="trials for random/bayes (exhaustive: all)")
+    parser.add_argument("--early_stop", type=int, default=10, help="stop after N trials without improvement")
+    parser.add_argument("--output_file", default="hyper_result.md", help="result table (markdown)")
+    return parser
+
+
+def result_table(tuner, metric_keys=("recall@20", "ndcg@20")) -> str:
+    """Markdown table: one row per trial, best (by valid score) first."""
+    rows = []
+    for params, result in tuner.params2result.items():
+        valid = result["best_valid_result"] or {}
+        test = result["test_result"] or {}
+        rows.append((result["best_valid_score"], params, valid, test))
+    bigger = next(iter(tuner.params2result.values()))["valid_score_bigger"] if rows else True
+    rows.sort(key=lambda r: r[0], reverse=bigger)
+    head = "| params | valid score | " + " | ".join(f"valid {k}" for k in metric_keys) + " | " + \
+        " | ".join(f"test {k}" for k in metric_keys) + " |"
+    sep = "|" + "---|" * (2 + 2 * len(metric_keys))
+    lines = [head, sep]
+    for score, params, valid, test in rows:
+        cells = [params, f"{score:.4f}"] + [f"{valid.get(k, float('nan')):.4f}" for k in metric_keys] + \
+            [f"{test.get(k, float('nan')):.4f}" for k in metric_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args, _ = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    files = args.config_files.strip().split(" ") if args.config_files else None
+    args.model = canonical_model_name(args.model)
+    fixed = {"model": args.model, "dataset": args.dataset}
+
+    def objective(config_dict, config_file_list):
+        return objective_function({**fixed, **(config_dict or {})}, config_file_list)
+
+    tuner = hyper_tuning_class()(
+        objective, algo=args.algo, early_stop=args.early_stop, max_evals=args.max_evals,
+        params_file=args.params_file, fixed_config_file_list=files,
+    )
+    tuner.run()
+    table = result_table(tuner)
+    best = {k: (v.item() if hasattr(v, "item") else v) for k, v in (tuner.best_params or {}).items()}
+    best_result = tuner.params2result[tuner.params2str(tuner.best_params)]
+    report = (
+        f"# Hyper-parameter search: {args.model} on {args.dataset}\n\n"
+        f"Selected on the validation set ({args.algo}, {len(tuner.params2result)} trials).\n\n"
+        f"Best params: `{json.dumps(best)}`\n\n{table}"
+    )
+    atomic_write_text(args.output_file, report)
+    print(table)
+    print("BEST_PARAMS " + json.dumps(best))
+    print("BEST_VALID " + json.dumps({k: float(v) for k, v in best_result["best_valid_result"].items()}))
+    print("BEST_TEST " + json.dumps({k: float(v) for k, v in best_result["test_result"].items()}))
+    return tuner
+
+
+if __name__ == "__main__":
+    main()

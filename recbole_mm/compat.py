@@ -37,10 +37,12 @@ __all__ = [
 
 
 def _version_tuple(text: str) -> tuple:
+    import re
+
     parts = []
     for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
+        leading = re.match(r"\d*", piece).group()  # "0rc1" -> "0"
+        parts.append(int(leading) if leading else 0)
     return tuple(parts)
 
 

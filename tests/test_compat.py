@@ -1,0 +1,75 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from recbole_mm import compat
+
+
+class _Opaque:
+    """Stands in for RecBole's Config inside a checkpoint: not a plain tensor container."""
+
+    def __init__(self):
+        self.model = "VBPR"
+
+
+def test_load_checkpoint_reads_pickled_config(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"config": _Opaque(), "state_dict": {"w": torch.ones(2)}}, path)
+    with pytest.raises(Exception):
+        torch.load(path)  # torch>=2.6 default weights_only=True refuses it: what compat exists for
+    ckpt = compat.load_checkpoint(path)
+    assert ckpt["config"].model == "VBPR" and torch.equal(ckpt["state_dict"]["w"], torch.ones(2))
+
+
+def test_make_compatible_wraps_torch_trainers_only():
+    from recbole.trainer import DecisionTreeTrainer, NCLTrainer, Trainer
+
+    wrapped = compat.make_compatible(NCLTrainer)
+    assert issubclass(wrapped, compat.CompatTrainerMixin) and issubclass(wrapped, NCLTrainer)
+    assert compat.make_compatible(NCLTrainer) is wrapped  # cached
+    assert compat.make_compatible(wrapped) is wrapped
+    assert compat.make_compatible(DecisionTreeTrainer) is DecisionTreeTrainer
+    assert wrapped.evaluate is compat.CompatTrainerMixin.evaluate
+    assert compat.make_compatible(Trainer).resume_checkpoint is compat.CompatTrainerMixin.resume_checkpoint
+
+
+def test_ddp_backend_is_gloo_without_cuda():
+    if not torch.cuda.is_available():
+        assert compat.ddp_backend() == "gloo"
+
+
+def test_check_environment_passes_on_pinned_stack():
+    compat.check_environment()
+
+
+def test_version_parsing():
+    assert compat._version_tuple("1.12.0") == (1, 12, 0)
+    assert compat._version_tuple("2.0.0rc1") == (2, 0, 0)
+
+
+def test_no_ray_and_no_recbole_quick_start_imported():
+    code = (
+        "import sys, recbole_mm.quick_start, recbole_mm.hyper, recbole_mm.utils, recbole_mm.data;"
+        "bad=[m for m in sys.modules if m=='ray' or m.startswith('ray.') or m=='recbole.quick_start'];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_grid_search_visits_every_point_once(tmp_path):
+    params = tmp_path / "space.test"
+    params.write_text("a choice [1,2,3]\nb choice ['x','y']\n")
+    seen = []
+
+    def objective(config_dict, config_file_list):
+        seen.append((config_dict["a"], config_dict["b"]))
+        score = config_dict["a"] + (0.5 if config_dict["b"] == "y" else 0.0)
+        return {"model": "M", "best_valid_score": score, "valid_score_bigger": True,
+                "best_valid_result": {"recall@20": score}, "test_result": {"recall@20": score}}
+
+    tuner = compat.hyper_tuning_class()(objective, algo="exhaustive", params_file=str(params), early_stop=100)
+    tuner.run()
+    assert sorted(seen) == sorted((a, b) for a in (1, 2, 3) for b in ("x", "y"))
+    assert tuner.best_params == {"a": 3, "b": "y"}

@@ -77,6 +77,7 @@ def _isolate_cwd(tmp_path, monkeypatch):
     """RecBole writes log/ and saved/ into the working directory: keep them in tmp."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RECBOLE_MM_CACHE", str(tmp_path / "mm_cache"))
 
 
 def shared_dataset(name: str) -> Path:

@@ -2,14 +2,20 @@
 
 Holds the dataset's item features (``dataset.item_features``, aligned to internal item ids) as
 non-persistent buffers: they follow ``model.to(device)`` but are not written into checkpoints
-(features can be hundreds of MB and are reloaded from the dataset anyway).
+(features can be hundreds of MB and are reloaded from the dataset anyway). Also gives models the
+training graph (edges, normalised adjacency) and cached per-modality KNN graphs.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 from recbole.model.abstract_recommender import GeneralRecommender
+
+from recbole_mm.data import graphs
 
 
 class MultimodalRecommender(GeneralRecommender):
@@ -27,7 +33,24 @@ class MultimodalRecommender(GeneralRecommender):
         self.modalities = list(features)
         for name, feat in features.items():
             self.register_buffer(self._buffer_name(name), feat.float(), persistent=False)
+        self._config = config
+        self.train_users, self.train_items = graphs.interaction_edges(dataset)
+        self._eval_cache = None
 
+    # -- evaluation cache ---------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        self._eval_cache = None  # parameters may change: forget cached embeddings
+        return super().train(mode)
+
+    def eval_cached(self, compute):
+        """``compute()`` once per evaluation: full-ranking batches reuse the propagated embeddings."""
+        if self.training:
+            return compute()
+        if self._eval_cache is None:
+            self._eval_cache = compute()
+        return self._eval_cache
+
+    # -- features -----------------------------------------------------------------------------
     @staticmethod
     def _buffer_name(name: str) -> str:
         return f"feat_{name}"
@@ -52,3 +75,52 @@ class MultimodalRecommender(GeneralRecommender):
         if normalize:
             feats = [F.normalize(f, dim=-1) for f in feats]
         return torch.cat(feats, dim=-1)
+
+    def feature_tables(self, trainable: bool) -> nn.ModuleDict:
+        """One ``nn.Embedding`` per modality initialised with its features.
+
+        ``trainable=True`` fine-tunes the raw features with the model, as the official
+        FREEDOM/LATTICE/BM3/MGCN code does; ``False`` keeps them fixed.
+        """
+        return nn.ModuleDict({
+            name: nn.Embedding.from_pretrained(self.modality_feature(name).clone(), freeze=not trainable)
+            for name in self.modalities
+        })
+
+    # -- graphs -------------------------------------------------------------------------------
+    def norm_adj(self) -> torch.Tensor:
+        """Symmetric-normalised user-item adjacency of the training interactions."""
+        return graphs.bipartite_norm_adj(self.train_users, self.train_items, self.n_users, self.n_items)
+
+    def graph_cache_dir(self):
+        if not self._config["graph_cache"]:
+            return None
+        if self._config["graph_cache_dir"]:
+            return self._config["graph_cache_dir"]
+        from recbole_mm.data.embedded import cache_root
+
+        return os.path.join(cache_root(self._config), "graphs")
+
+    def knn_graph(self, features: torch.Tensor, k: int, normalization: str = "sym", weighted: bool = False):
+        """Cached item-item KNN graph of ``features`` over real items (the padding row 0 is left out)."""
+        features = features.detach().float().cpu()
+
+        def build():
+            inner = graphs.knn_graph(features[1:], k, normalization=normalization, weighted=weighted)
+            idx = inner.indices() + 1
+            return torch.sparse_coo_tensor(idx, inner.values(), (self.n_items, self.n_items)).coalesce()
+
+        key = graphs.graph_cache_key([features], k=k, normalization=normalization, weighted=weighted, v=1)
+        return graphs.cached_graph(self.graph_cache_dir(), "knn", key, build).to(self.device)
+
+    def modality_weights(self, configured) -> dict:
+        """Per-modality weights from a ``{name: w}`` config (missing names share the rest equally)."""
+        configured = dict(configured or {})
+        unknown = [n for n in configured if n not in self.modalities]
+        if unknown:
+            raise ValueError(f"modality weights name {unknown}, but the run's modalities are {self.modalities}")
+        rest = [n for n in self.modalities if n not in configured]
+        left = max(1.0 - sum(configured.values()), 0.0)
+        weights = {n: float(configured[n]) if n in configured else left / len(rest) for n in self.modalities}
+        total = sum(weights.values())
+        return {n: w / total for n, w in weights.items()}

@@ -13,3 +13,26 @@ def l2_reg(*embeddings: torch.Tensor) -> torch.Tensor:
     """
     batch = embeddings[-1].shape[0]
     return sum(e.pow(2).sum() for e in embeddings) / (2.0 * batch)
+
+
+def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """``-mean log sigmoid(s_pos - s_neg)`` (Rendle et al. 2009); same as RecBole's ``BPRLoss``."""
+    return -torch.nn.functional.logsigmoid(pos_scores - neg_scores).mean()
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """In-batch InfoNCE: row i of ``a`` and row i of ``b`` are positives, other rows of ``b`` negatives.
+
+    ``-mean_i log( exp(cos(a_i,b_i)/t) / sum_j exp(cos(a_i,b_j)/t) )`` on L2-normalised rows.
+    """
+    a = torch.nn.functional.normalize(a, dim=-1)
+    b = torch.nn.functional.normalize(b, dim=-1)
+    logits = a @ b.T / temperature
+    return torch.nn.functional.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
+
+
+def bootstrap_loss(online_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL / BM3 regression loss ``1 - cos(p, sg(z))`` averaged over rows (BM3 Eq. 6)."""
+    p = torch.nn.functional.normalize(online_pred, dim=-1)
+    z = torch.nn.functional.normalize(target.detach(), dim=-1)
+    return (1 - (p * z).sum(-1)).mean()

@@ -1,0 +1,211 @@
+"""Graph building blocks: user-item Laplacian, degree-sensitive pruning, item-item KNN and
+co-interaction graphs, all sparse and vectorised, with an on-disk cache.
+
+Conventions: graphs are ``torch.sparse_coo_tensor`` (coalesced, float32); a user-item edge list is
+two LongTensors ``(users, items)`` of internal ids (RecBole's, padding id 0 included in the
+counts so that tensors index directly by id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from logging import getLogger
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+NORMALIZATIONS = ("sym", "rw", "none")
+
+
+# -- basics -----------------------------------------------------------------------------------
+def sparse(rows, cols, values, shape) -> torch.Tensor:
+    """A coalesced float32 sparse COO tensor."""
+    idx = torch.stack([torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)])
+    vals = torch.as_tensor(values, dtype=torch.float32)
+    return torch.sparse_coo_tensor(idx, vals, tuple(shape), check_invariants=False).coalesce()
+
+
+def normalize_edges(rows, cols, values, n_rows, n_cols=None, mode: str = "sym"):
+    """Edge weights of ``D_r^{-1/2} A D_c^{-1/2}`` (sym) or ``D_r^{-1} A`` (rw); degrees = weighted sums.
+
+    For a square graph (``n_cols`` None) row and column degrees are the same vector (the graph is
+    taken as given: symmetric inputs stay symmetric). Zero-degree nodes get weight 0, not inf.
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+    values = torch.as_tensor(values, dtype=torch.float32)
+    if mode == "none":
+        return values
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    cols = torch.as_tensor(cols, dtype=torch.long)
+    row_deg = torch.zeros(n_rows).index_add_(0, rows, values)
+    if mode == "rw":
+        inv = torch.where(row_deg > 0, 1.0 / row_deg, torch.zeros_like(row_deg))
+        return inv[rows] * values
+    col_deg = row_deg if n_cols is None else torch.zeros(n_cols).index_add_(0, cols, values)
+    r_inv = torch.where(row_deg > 0, row_deg.pow(-0.5), torch.zeros_like(row_deg))
+    c_inv = torch.where(col_deg > 0, col_deg.pow(-0.5), torch.zeros_like(col_deg))
+    return r_inv[rows] * values * c_inv[cols]
+
+
+def interaction_edges(dataset):
+    """``(users, items)`` LongTensors of a (training) dataset's interactions."""
+    inter = dataset.inter_feat
+    return inter[dataset.uid_field].long().clone(), inter[dataset.iid_field].long().clone()
+
+
+# -- user-item graph ----------------------------------------------------------------------------
+def edge_norm_values(users, items, n_users, n_items) -> torch.Tensor:
+    """``1 / (sqrt(d_u) sqrt(d_i))`` for every user-item edge (LightGCN's edge weight)."""
+    ones = torch.ones(len(users))
+    return normalize_edges(users, items, ones, n_users, n_items, mode="sym")
+
+
+def bipartite_norm_adj(users, items, n_users, n_items) -> torch.Tensor:
+    """``D^{-1/2} A D^{-1/2}`` with ``A = [[0, R], [R^T, 0]]``, shape ``(n_users+n_items)^2`` (LightGCN Eq. 7)."""
+    users = torch.as_tensor(users, dtype=torch.long)
+    items = torch.as_tensor(items, dtype=torch.long)
+    w = edge_norm_values(users, items, n_users, n_items)
+    rows = torch.cat([users, items + n_users])
+    cols = torch.cat([items + n_users, users])
+    n = n_users + n_items
+    return sparse(rows, cols, torch.cat([w, w]), (n, n))
+
+
+def degree_sensitive_prune(users, items, n_users, n_items, keep_ratio: float, generator=None):
+    """Keep ``ceil(keep_ratio |E|)`` edges sampled without replacement with probability
+    ``p_e ∝ 1 / (sqrt(d_u) sqrt(d_i))`` (FREEDOM Sec. 3.2; USERec), so edges between high-degree
+    nodes are dropped first. Returns the kept ``(users, items)``.
+    """
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    n_keep = math.ceil(keep_ratio * len(users))
+    if n_keep >= len(users):
+        return users, items
+    weights = edge_norm_values(users, items, n_users, n_items)
+    kept = torch.multinomial(weights, n_keep, replacement=False, generator=generator)
+    return users[kept], items[kept]
+
+
+# -- item-item graphs ---------------------------------------------------------------------------
+def knn_edges(features: torch.Tensor, k: int, block_size: int = 4096, include_self: bool = True):
+    """Top-``k`` cosine neighbours of every row: ``(rows, cols, sims)`` with ``n*k`` entries.
+
+    Computed block-wise: peak memory ``O(block_size * n + n * k)``, never an n x n matrix.
+    """
+    n = features.shape[0]
+    k = min(k, n if include_self else n - 1)
+    normed = F.normalize(features.float(), dim=1)
+    cols = torch.empty((n, k), dtype=torch.long)
+    sims = torch.empty((n, k), dtype=torch.float32)
+    with torch.no_grad():
+        for start in range(0, n, block_size):
+            stop = min(start + block_size, n)
+            block = normed[start:stop] @ normed.T
+            if not include_self:
+                block[torch.arange(stop - start), torch.arange(start, stop)] = -float("inf")
+            val, idx = torch.topk(block, k, dim=1)
+            cols[start:stop], sims[start:stop] = idx, val
+    rows = torch.arange(n).repeat_interleave(k)
+    return rows, cols.reshape(-1), sims.reshape(-1)
+
+
+def knn_graph(features: torch.Tensor, k: int, normalization: str = "sym", weighted: bool = False,
+              block_size: int = 4096, include_self: bool = True) -> torch.Tensor:
+    """Item-item KNN graph from one modality's features (FREEDOM: binary, sym; LATTICE: weighted).
+
+    ``weighted`` keeps the cosine similarities as edge weights, otherwise every kept edge is 1.
+    """
+    rows, cols, sims = knn_edges(features, k, block_size=block_size, include_self=include_self)
+    values = sims if weighted else torch.ones_like(sims)
+    n = features.shape[0]
+    return sparse(rows, cols, normalize_edges(rows, cols, values, n, mode=normalization), (n, n))
+
+
+def weighted_sum(graphs, weights) -> torch.Tensor:
+    """``sum_m w_m S_m`` of same-shaped sparse graphs (FREEDOM Eq. 3 / LATTICE's modality mix)."""
+    total = None
+    for graph, weight in zip(graphs, weights):
+        term = graph * float(weight)
+        total = term if total is None else total + term
+    return total.coalesce()
+
+
+def _topk_per_row(matrix: sp.csr_matrix, k: int):
+    """Largest ``k`` entries of each row of a CSR matrix, vectorised: ``(rows, cols, values)``."""
+    matrix = matrix.tocsr()
+    counts = np.diff(matrix.indptr)
+    rows = np.repeat(np.arange(matrix.shape[0]), counts)
+    order = np.lexsort((-matrix.data, rows))
+    rank = np.arange(len(order)) - np.repeat(matrix.indptr[:-1], counts)
+    keep = order[rank < k]
+    return rows[keep], matrix.indices[keep], matrix.data[keep]
+
+
+def co_interaction_graph(users, items, n_users, n_items, k: int, normalization: str = "sym",
+                         block_size: int = 8192) -> torch.Tensor:
+    """Behaviour item-item graph: ``R^T R`` (co-interaction counts) without the diagonal, top-``k``
+    per item, normalised. Built in item blocks so ``R^T R`` is never held whole.
+    """
+    users = np.asarray(users)
+    items = np.asarray(items)
+    R = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items))
+    R.data[:] = 1.0  # duplicates count once
+    RT = R.T.tocsr()
+    parts = []
+    for start in range(0, n_items, block_size):
+        stop = min(start + block_size, n_items)
+        block = (RT[start:stop] @ R).tocsr()
+        block = block.tocoo()
+        off_diag = block.row + start != block.col
+        block = sp.csr_matrix((block.data[off_diag], (block.row[off_diag], block.col[off_diag])), shape=block.shape)
+        r, c, v = _topk_per_row(block, k)
+        parts.append((r + start, c, v))
+    rows = np.concatenate([p[0] for p in parts])
+    cols = np.concatenate([p[1] for p in parts])
+    vals = np.concatenate([p[2] for p in parts]).astype(np.float32)
+    rows, cols = torch.from_numpy(rows).long(), torch.from_numpy(cols).long()
+    values = normalize_edges(rows, cols, torch.from_numpy(vals), n_items, mode=normalization)
+    return sparse(rows, cols, values, (n_items, n_items))
+
+
+# -- cache --------------------------------------------------------------------------------------
+def graph_cache_key(tensors, **options) -> str:
+    """Content hash of the input tensors plus the build options."""
+    digest = hashlib.sha1()
+    for tensor in tensors:
+        array = np.ascontiguousarray(torch.as_tensor(tensor).detach().cpu().numpy())
+        digest.update(str(array.shape).encode())
+        digest.update(str(array.dtype).encode())
+        digest.update(array.tobytes())
+    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+def cached_graph(cache_dir, name: str, key: str, build):
+    """Load graph ``name`` with content ``key`` from ``cache_dir`` or ``build()`` and store it.
+
+    ``cache_dir`` None disables caching. Files are written atomically (temporary file + rename).
+    """
+    if not cache_dir:
+        return build()
+    path = os.path.join(cache_dir, f"{name}-{key}.pt")
+    if os.path.isfile(path):
+        try:
+            data = torch.load(path, weights_only=True)
+            return torch.sparse_coo_tensor(
+                data["indices"], data["values"], tuple(data["shape"]), check_invariants=True
+            ).coalesce()
+        except Exception as exc:  # a corrupt cache entry is rebuilt, not fatal
+            getLogger().warning("graph cache %s unreadable (%s); rebuilding", path, exc)
+    graph = build().coalesce()
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save({"indices": graph.indices(), "values": graph.values(), "shape": list(graph.shape)}, tmp)
+    os.replace(tmp, path)
+    return graph

@@ -1,0 +1,84 @@
+"""Shared layers: graph propagation, modality projection and fusion."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FUSIONS = ("mean", "sum", "concat", "gate", "attention")
+
+
+def propagate(graph: torch.Tensor, h: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """``S^L h``: ``n_layers`` rounds of sparse message passing, last layer returned."""
+    for _ in range(n_layers):
+        h = torch.sparse.mm(graph, h)
+    return h
+
+
+def lightgcn_propagate(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """LightGCN (He et al., SIGIR 2020, Eq. 8): ``mean(E^0, Â E^0, ..., Â^L E^0)``."""
+    layers = [ego]
+    for _ in range(n_layers):
+        layers.append(torch.sparse.mm(adj, layers[-1]))
+    return torch.stack(layers, dim=0).mean(dim=0)
+
+
+def split_users_items(h: torch.Tensor, n_users: int):
+    return h[:n_users], h[n_users:]
+
+
+class ModalityProjector(nn.Module):
+    """One linear map per modality, ``d_m -> dim`` (optionally followed by an activation)."""
+
+    def __init__(self, dims: dict, dim: int, activation: str = None):
+        super().__init__()
+        self.proj = nn.ModuleDict({name: nn.Linear(d, dim) for name, d in dims.items()})
+        self.act = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "leaky_relu": nn.functional.leaky_relu,
+                    None: None}[activation]
+
+    def forward(self, features: dict) -> dict:
+        out = {}
+        for name, layer in self.proj.items():
+            h = layer(features[name])
+            out[name] = self.act(h) if self.act is not None else h
+        return out
+
+
+class Fusion(nn.Module):
+    """Fuse M same-sized representations ``(N, d)`` into one ``(N, d)``.
+
+    * ``mean`` / ``sum``: parameter-free;
+    * ``concat``: ``W [x_1; ...; x_M]`` (a linear layer over the concatenation);
+    * ``gate``: ``sum_m sigmoid(W_m x_m) * x_m`` (element-wise gates, one per modality);
+    * ``attention``: ``sum_m a_m x_m`` with ``a = softmax_m(q^T tanh(W x_m + b))`` per row
+      (MGCN's modality attention; coarse-grained attention in the survey's terms).
+    """
+
+    def __init__(self, mode: str, dim: int, n_inputs: int):
+        super().__init__()
+        if mode not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {mode!r}")
+        self.mode = mode
+        if mode == "concat":
+            self.linear = nn.Linear(dim * n_inputs, dim)
+        elif mode == "gate":
+            self.gates = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_inputs))
+        elif mode == "attention":
+            self.key = nn.Linear(dim, dim)
+            self.query = nn.Linear(dim, 1, bias=False)
+        self.last_weights = None
+
+    def forward(self, inputs) -> torch.Tensor:
+        inputs = list(inputs)
+        if self.mode == "mean":
+            return torch.stack(inputs).mean(0)
+        if self.mode == "sum":
+            return torch.stack(inputs).sum(0)
+        if self.mode == "concat":
+            return self.linear(torch.cat(inputs, dim=-1))
+        if self.mode == "gate":
+            return sum(torch.sigmoid(g(x)) * x for g, x in zip(self.gates, inputs))
+        stacked = torch.stack(inputs, dim=1)  # (N, M, d)
+        weights = torch.softmax(self.query(torch.tanh(self.key(stacked))), dim=1)  # (N, M, 1)
+        self.last_weights = weights.detach().squeeze(-1)
+        return (weights * stacked).sum(1)

@@ -1,0 +1,62 @@
+"""Shared layers and losses against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from recbole_mm.data.graphs import sparse
+from recbole_mm.model import layers, loss
+
+
+def test_lightgcn_propagate_layer_mean():
+    A = sparse([0, 1], [1, 0], [1.0, 1.0], (2, 2))
+    E = torch.tensor([[1.0], [3.0]])
+    out = layers.lightgcn_propagate(A, E, 2)  # mean(E, AE, A^2E) = mean([1,3],[3,1],[1,3])
+    torch.testing.assert_close(out, torch.tensor([[5 / 3], [7 / 3]]))
+    torch.testing.assert_close(layers.propagate(A, E, 1), torch.tensor([[3.0], [1.0]]))
+
+
+@pytest.mark.parametrize("mode", layers.FUSIONS)
+def test_fusion_shapes(mode):
+    fusion = layers.Fusion(mode, 4, 3)
+    xs = [torch.randn(5, 4) for _ in range(3)]
+    assert fusion(xs).shape == (5, 4)
+
+
+def test_fusion_values():
+    xs = [torch.ones(2, 3), 3 * torch.ones(2, 3)]
+    torch.testing.assert_close(layers.Fusion("mean", 3, 2)(xs), 2 * torch.ones(2, 3))
+    torch.testing.assert_close(layers.Fusion("sum", 3, 2)(xs), 4 * torch.ones(2, 3))
+    att = layers.Fusion("attention", 3, 2)
+    out = att(xs)
+    w = att.last_weights
+    torch.testing.assert_close(w.sum(1), torch.ones(2))
+    torch.testing.assert_close(out, w[:, :1] * xs[0] + w[:, 1:] * xs[1])
+    with pytest.raises(ValueError):
+        layers.Fusion("max", 3, 2)
+
+
+def test_bpr_and_l2():
+    assert loss.bpr_loss(torch.tensor([2.0]), torch.tensor([0.0])).item() == pytest.approx(-math.log(1 / (1 + math.exp(-2))))
+    assert loss.l2_reg(torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0]])).item() == pytest.approx((25 + 1) / 2)
+
+
+def test_info_nce_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    t = 0.5
+    # row 0: logits [1/t, 1/t] -> -log(1/2); row 1: logits [0, 0] -> -log(1/2)
+    assert loss.info_nce(a, b, t).item() == pytest.approx(math.log(2))
+    b2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    l0 = -math.log(math.exp(2) / (math.exp(2) + 1))
+    assert loss.info_nce(a, b2, t).item() == pytest.approx(l0)
+
+
+def test_bootstrap_loss_stops_target_gradient():
+    p = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    z = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    value = loss.bootstrap_loss(p, z)
+    assert value.item() == pytest.approx(1.0)
+    value.backward()
+    assert p.grad is not None and z.grad is None

@@ -13,7 +13,7 @@ from recbole_mm.quick_start import load_data_and_model, run_recbole_mm
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("model", ["VBPR", "FREEDOM", "BPR", "LightGCN", "ItemKNN", "Pop"])
+@pytest.mark.parametrize("model", ["VBPR", "FREEDOM", "LATTICE", "BM3", "MGCN", "LGMRec", "BPR", "LightGCN", "ItemKNN", "Pop"])
 def test_two_epochs(tiny_dataset, run_config, model, capsys):
     data_path, name = tiny_dataset
     result = run_recbole_mm(model, name, config_dict=dict(run_config, data_path=data_path))

@@ -43,11 +43,12 @@ def normalize_edges(rows, cols, values, n_rows, n_cols=None, mode: str = "sym"):
         return values
     rows = torch.as_tensor(rows, dtype=torch.long)
     cols = torch.as_tensor(cols, dtype=torch.long)
-    row_deg = torch.zeros(n_rows).index_add_(0, rows, values)
+    rows, cols = rows.to(values.device), cols.to(values.device)
+    row_deg = torch.zeros(n_rows, device=values.device).index_add_(0, rows, values)
     if mode == "rw":
         inv = torch.where(row_deg > 0, 1.0 / row_deg, torch.zeros_like(row_deg))
         return inv[rows] * values
-    col_deg = row_deg if n_cols is None else torch.zeros(n_cols).index_add_(0, cols, values)
+    col_deg = row_deg if n_cols is None else torch.zeros(n_cols, device=values.device).index_add_(0, cols, values)
     r_inv = torch.where(row_deg > 0, row_deg.pow(-0.5), torch.zeros_like(row_deg))
     c_inv = torch.where(col_deg > 0, col_deg.pow(-0.5), torch.zeros_like(col_deg))
     return r_inv[rows] * values * c_inv[cols]
@@ -66,15 +67,33 @@ def edge_norm_values(users, items, n_users, n_items) -> torch.Tensor:
     return normalize_edges(users, items, ones, n_users, n_items, mode="sym")
 
 
-def bipartite_norm_adj(users, items, n_users, n_items) -> torch.Tensor:
-    """``D^{-1/2} A D^{-1/2}`` with ``A = [[0, R], [R^T, 0]]``, shape ``(n_users+n_items)^2`` (LightGCN Eq. 7)."""
+def bipartite_norm_adj(users, items, n_users, n_items, normalization: str = "sym",
+                       self_loops: bool = False) -> torch.Tensor:
+    """Normalised ``A = [[0, R], [R^T, 0]]`` (plus ``I`` with ``self_loops``), ``(n_users+n_items)^2``.
+
+    ``sym``: ``D^{-1/2} A D^{-1/2}`` (LightGCN Eq. 7); ``rw``: ``D^{-1} A`` (LATTICE's ``D^{-1}(A+I)``).
+    """
     users = torch.as_tensor(users, dtype=torch.long)
     items = torch.as_tensor(items, dtype=torch.long)
-    w = edge_norm_values(users, items, n_users, n_items)
+    n = n_users + n_items
     rows = torch.cat([users, items + n_users])
     cols = torch.cat([items + n_users, users])
-    n = n_users + n_items
-    return sparse(rows, cols, torch.cat([w, w]), (n, n))
+    if self_loops:
+        rows = torch.cat([rows, torch.arange(n)])
+        cols = torch.cat([cols, torch.arange(n)])
+    values = normalize_edges(rows, cols, torch.ones(len(rows)), n, mode=normalization)
+    return sparse(rows, cols, values, (n, n))
+
+
+def user_item_matrix(users, items, n_users, n_items, normalization: str = "sym") -> torch.Tensor:
+    """``R`` as a sparse ``(n_users, n_items)`` tensor: ``sym`` = ``D_u^{-1/2} R D_i^{-1/2}`` (the
+    user-item block of LightGCN's adjacency), ``rw`` = ``D_u^{-1} R`` (mean over a user's items),
+    ``none`` = binary. Used to lift item representations to users (MGCN, LGMRec, AlignRec).
+    """
+    users = torch.as_tensor(users, dtype=torch.long)
+    items = torch.as_tensor(items, dtype=torch.long)
+    values = normalize_edges(users, items, torch.ones(len(users)), n_users, n_items, mode=normalization)
+    return sparse(users, items, values, (n_users, n_items))
 
 
 def degree_sensitive_prune(users, items, n_users, n_items, keep_ratio: float, generator=None):
@@ -93,17 +112,18 @@ def degree_sensitive_prune(users, items, n_users, n_items, keep_ratio: float, ge
 
 
 # -- item-item graphs ---------------------------------------------------------------------------
-def knn_edges(features: torch.Tensor, k: int, block_size: int = 4096, include_self: bool = True):
-    """Top-``k`` cosine neighbours of every row: ``(rows, cols, sims)`` with ``n*k`` entries.
+def knn_indices(features: torch.Tensor, k: int, block_size: int = 4096, include_self: bool = True):
+    """Indices ``(n, k)`` and cosine similarities of every row's top-``k`` neighbours.
 
-    Computed block-wise: peak memory ``O(block_size * n + n * k)``, never an n x n matrix.
+    Computed block-wise without gradients: peak memory ``O(block_size * n + n * k)``, never an
+    n x n matrix.
     """
     n = features.shape[0]
     k = min(k, n if include_self else n - 1)
-    normed = F.normalize(features.float(), dim=1)
-    cols = torch.empty((n, k), dtype=torch.long)
-    sims = torch.empty((n, k), dtype=torch.float32)
+    cols = torch.empty((n, k), dtype=torch.long, device=features.device)
+    sims = torch.empty((n, k), dtype=torch.float32, device=features.device)
     with torch.no_grad():
+        normed = F.normalize(features.detach().float(), dim=1)
         for start in range(0, n, block_size):
             stop = min(start + block_size, n)
             block = normed[start:stop] @ normed.T
@@ -111,7 +131,13 @@ def knn_edges(features: torch.Tensor, k: int, block_size: int = 4096, include_se
                 block[torch.arange(stop - start), torch.arange(start, stop)] = -float("inf")
             val, idx = torch.topk(block, k, dim=1)
             cols[start:stop], sims[start:stop] = idx, val
-    rows = torch.arange(n).repeat_interleave(k)
+    return cols, sims
+
+
+def knn_edges(features: torch.Tensor, k: int, block_size: int = 4096, include_self: bool = True):
+    """Top-``k`` cosine neighbour edges ``(rows, cols, sims)``, ``n*k`` of them (see :func:`knn_indices`)."""
+    cols, sims = knn_indices(features, k, block_size=block_size, include_self=include_self)
+    rows = torch.arange(features.shape[0], device=features.device).repeat_interleave(cols.shape[1])
     return rows, cols.reshape(-1), sims.reshape(-1)
 
 

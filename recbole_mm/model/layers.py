@@ -15,6 +15,17 @@ def propagate(graph: torch.Tensor, h: torch.Tensor, n_layers: int) -> torch.Tens
     return h
 
 
+def edge_propagate(rows, cols, values, h: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """``S^L h`` for a graph given as an edge list, differentiable w.r.t. the edge ``values``.
+
+    Used where the graph itself is learned (LATTICE): ``(S h)_r = sum_{(r,c)} s_rc h_c`` by
+    gather + ``index_add``; duplicate edges simply add up.
+    """
+    for _ in range(n_layers):
+        h = torch.zeros_like(h).index_add_(0, rows, values.unsqueeze(1) * h[cols])
+    return h
+
+
 def lightgcn_propagate(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
     """LightGCN (He et al., SIGIR 2020, Eq. 8): ``mean(E^0, Â E^0, ..., Â^L E^0)``."""
     layers = [ego]

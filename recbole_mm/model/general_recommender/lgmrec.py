@@ -1,0 +1,118 @@
+"""LGMRec (Guo et al., AAAI 2024): "LGMRec: Local and Global Graph Learning for Multimodal Recommendation".
+
+* Local graph embeddings: collaborative (LightGCN over IDs, Eq. 3) plus, per modality, item
+  features ``f_m W_m`` with users as the mean of their items, propagated over the user-item graph
+  (``n_mm_layers``, Eq. 4-5); ``local = cge + sum_m normalize(mge_m)``.
+* Global hypergraph embeddings (Eq. 6-9): ``hyper_num`` learnable hyperedges per modality;
+  item-hyperedge memberships ``softmax(f_m H_m / τ)`` (Gumbel noise while training), user
+  memberships from their items; hypergraph convolution of the collaborative item embeddings
+  (``n_hyper_layer``, with edge dropout ``1 - keep_rate``). ``final = local + alpha normalize(global)``.
+* Loss: BPR + ``cl_weight`` x cross-modal hypergraph contrast (InfoNCE of a user's/item's
+  hyper-embeddings in two modalities against all users/items, summed over the batch; every
+  modality pair) + ``reg_weight`` x ``EmbLoss`` of the batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from recbole.model.loss import EmbLoss
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_mm.data import graphs
+from recbole_mm.model.abstract_recommender import MultimodalRecommender
+from recbole_mm.model.layers import lightgcn_propagate, propagate, split_users_items
+from recbole_mm.model.loss import bpr_loss
+
+
+class LGMRec(MultimodalRecommender):
+    input_type = InputType.PAIRWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        d = self.embedding_size = config["embedding_size"]
+        self.n_ui_layers = config["n_ui_layers"]
+        self.n_mm_layers = config["n_mm_layers"]
+        self.n_hyper_layer = config["n_hyper_layer"]
+        self.alpha = config["alpha"]
+        self.cl_weight = config["cl_weight"]
+        self.reg_weight = config["reg_weight"]
+        self.tau = config["hyper_temperature"]
+
+        self.user_embedding = nn.Embedding(self.n_users, d)
+        self.item_embedding = nn.Embedding(self.n_items, d)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        dims = self.modality_dims()
+        self.feat_proj = nn.ParameterDict({
+            m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(dims[m], d))) for m in dims})
+        self.hyperedges = nn.ParameterDict({
+            m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(dims[m], config["hyper_num"]))) for m in dims})
+        self.edge_dropout = nn.Dropout(1 - config["keep_rate"])
+        self.reg_loss = EmbLoss()
+
+        self.adj = self.norm_adj().to(self.device)
+        self.R = graphs.user_item_matrix(self.train_users, self.train_items, self.n_users, self.n_items,
+                                         normalization="none").to(self.device)
+        self.R_mean = graphs.user_item_matrix(self.train_users, self.train_items, self.n_users, self.n_items,
+                                              normalization="rw").to(self.device)
+
+    def _memberships(self, logits):
+        if self.training:
+            return F.gumbel_softmax(logits, tau=self.tau, dim=1, hard=False)
+        return torch.softmax(logits / self.tau, dim=1)  # noise-free at inference: deterministic scores
+
+    def forward(self):
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        cge = lightgcn_propagate(self.adj, ego, self.n_ui_layers)
+        cge_items = cge[self.n_users:]
+        local, hyper = cge, {}
+        for m in self.modalities:
+            feat = self.modality_feature(m)
+            item_feats = feat @ self.feat_proj[m]
+            mge = propagate(self.adj, torch.cat([torch.sparse.mm(self.R_mean, item_feats), item_feats]),
+                            self.n_mm_layers)
+            local = local + F.normalize(mge, dim=1)
+            i_logits = feat @ self.hyperedges[m]
+            i_member = self._memberships(i_logits)
+            u_member = self._memberships(torch.sparse.mm(self.R, i_logits))
+            i_member, u_member = self.edge_dropout(i_member), self.edge_dropout(u_member)
+            i_ret = cge_items
+            for _ in range(self.n_hyper_layer):
+                edges = i_member.T @ i_ret
+                i_ret, u_ret = i_member @ edges, u_member @ edges
+            hyper[m] = (u_ret, i_ret)
+        glob = sum(torch.cat(h) for h in hyper.values())
+        return local + self.alpha * F.normalize(glob, dim=1), hyper
+
+    def _contrast(self, a, b, all_b):
+        a, b, all_b = F.normalize(a, dim=1), F.normalize(b, dim=1), F.normalize(all_b, dim=1)
+        pos = (a * b).sum(1) / self.tau
+        return -(pos - torch.logsumexp(a @ all_b.T / self.tau, dim=1)).sum()
+
+    def calculate_loss(self, interaction):
+        user = interaction[self.USER_ID]
+        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        final, hyper = self.forward()
+        users, items = split_users_items(final, self.n_users)
+        u, p, n = users[user], items[pos], items[neg]
+        loss = bpr_loss((u * p).sum(1), (u * n).sum(1))
+        cl = 0.0
+        for a, b in itertools.combinations(self.modalities, 2):
+            (ua, ia), (ub, ib) = hyper[a], hyper[b]
+            cl = cl + self._contrast(ua[user], ub[user], ub) + self._contrast(ia[pos], ib[pos], ib)
+        return loss + self.cl_weight * cl + self.reg_weight * self.reg_loss(u, p, n)
+
+    def _final(self):
+        return split_users_items(self.forward()[0], self.n_users)
+
+    def predict(self, interaction):
+        users, items = self.eval_cached(self._final)
+        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(1)
+
+    def full_sort_predict(self, interaction):
+        users, items = self.eval_cached(self._final)
+        return (users[interaction[self.USER_ID]] @ items.T).view(-1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from time import perf_counter
 
 from recbole.trainer import Trainer as RecBoleTrainer
+from torch import optim
 
 from recbole_mm.compat import CompatTrainerMixin
 
@@ -25,6 +26,17 @@ class Trainer(CompatTrainerMixin, RecBoleTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.epoch_log = []
+
+    def _build_optimizer(self, **kwargs):
+        """RecBole's optimizer choice, with Adam/AdamW using multi-tensor (foreach) updates,
+        which on CPU is several times faster than the per-parameter default."""
+        learner = kwargs.get("learner", self.learner)
+        if learner.lower() not in ("adam", "adamw") or kwargs.get("params") is not None:
+            return super()._build_optimizer(**kwargs)
+        cls = optim.Adam if learner.lower() == "adam" else optim.AdamW
+        lr = kwargs.get("learning_rate", self.learning_rate)
+        weight_decay = kwargs.get("weight_decay", self.weight_decay)
+        return cls(self.model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         start = perf_counter()

@@ -2,16 +2,61 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 FUSIONS = ("mean", "sum", "concat", "gate", "attention")
 
 
-def propagate(graph: torch.Tensor, h: torch.Tensor, n_layers: int) -> torch.Tensor:
+class _FixedSpMM(torch.autograd.Function):
+    """``M @ X`` for a fixed sparse ``M``: backward is ``M^T @ grad`` with a stored CSR transpose.
+
+    torch's COO ``sparse.mm`` backward transposes and coalesces every call; keeping CSR copies of
+    M and M^T makes a LightGCN layer forward+backward several times faster on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, op, x):
+        ctx.op = op
+        return op.csr @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, ctx.op.csr_t @ grad
+
+
+class SparseOperator:
+    """A fixed (non-learned) sparse graph used for propagation; build once, multiply many times."""
+
+    def __init__(self, coo: torch.Tensor, symmetric: bool = False):
+        coo = coo.coalesce()
+        self.shape = tuple(coo.shape)
+        self.symmetric = symmetric
+        with warnings.catch_warnings():  # CSR support is flagged beta; it is what we want here
+            warnings.simplefilter("ignore")
+            self.csr = coo.to_sparse_csr()
+            self.csr_t = self.csr if symmetric else coo.t().coalesce().to_sparse_csr()
+
+    def to(self, device):
+        self.csr = self.csr.to(device)
+        self.csr_t = self.csr if self.symmetric else self.csr_t.to(device)
+        return self
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        return _FixedSpMM.apply(self, x)
+
+
+def spmm(graph, h: torch.Tensor) -> torch.Tensor:
+    """``graph @ h`` for a :class:`SparseOperator` or a torch sparse tensor."""
+    return graph @ h if isinstance(graph, SparseOperator) else torch.sparse.mm(graph, h)
+
+
+def propagate(graph, h: torch.Tensor, n_layers: int) -> torch.Tensor:
     """``S^L h``: ``n_layers`` rounds of sparse message passing, last layer returned."""
     for _ in range(n_layers):
-        h = torch.sparse.mm(graph, h)
+        h = spmm(graph, h)
     return h
 
 
@@ -26,11 +71,11 @@ def edge_propagate(rows, cols, values, h: torch.Tensor, n_layers: int) -> torch.
     return h
 
 
-def lightgcn_propagate(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
+def lightgcn_propagate(adj, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
     """LightGCN (He et al., SIGIR 2020, Eq. 8): ``mean(E^0, Â E^0, ..., Â^L E^0)``."""
     layers = [ego]
     for _ in range(n_layers):
-        layers.append(torch.sparse.mm(adj, layers[-1]))
+        layers.append(spmm(adj, layers[-1]))
     return torch.stack(layers, dim=0).mean(dim=0)
 
 

@@ -16,7 +16,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import ModalityProjector, lightgcn_propagate, split_users_items
+from recbole_mm.model.layers import ModalityProjector, SparseOperator, lightgcn_propagate, split_users_items
 from recbole_mm.model.loss import bootstrap_loss
 
 
@@ -42,7 +42,7 @@ class BM3(MultimodalRecommender):
         self.predictor = nn.Linear(self.embedding_size, self.embedding_size)
         nn.init.xavier_normal_(self.predictor.weight)
         self.reg_loss = EmbLoss()
-        self.adj = self.norm_adj().to(self.device)
+        self.adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
 
     def forward(self):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])

@@ -18,7 +18,13 @@ from torch import nn
 
 from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import ModalityProjector, lightgcn_propagate, propagate, split_users_items
+from recbole_mm.model.layers import (
+    ModalityProjector,
+    SparseOperator,
+    lightgcn_propagate,
+    propagate,
+    split_users_items,
+)
 from recbole_mm.model.loss import bpr_loss
 
 
@@ -41,11 +47,11 @@ class FREEDOM(MultimodalRecommender):
         self.projector = ModalityProjector(self.modality_dims(), self.embedding_size)
 
         weights = self.modality_weights(config["modality_weights"])
-        self.mm_graph = graphs.weighted_sum(
+        self.mm_graph = SparseOperator(graphs.weighted_sum(
             [self.knn_graph(self.modality_feature(m), config["knn_k"]) for m in self.modalities],
             [weights[m] for m in self.modalities],
-        )
-        self.full_adj = self.norm_adj().to(self.device)
+        )).to(self.device)
+        self.full_adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
         self.train_adj = self.full_adj
 
     def pre_epoch_processing(self):
@@ -56,7 +62,8 @@ class FREEDOM(MultimodalRecommender):
         users, items = graphs.degree_sensitive_prune(
             self.train_users, self.train_items, self.n_users, self.n_items, 1.0 - self.edge_prune_ratio
         )
-        self.train_adj = graphs.bipartite_norm_adj(users, items, self.n_users, self.n_items).to(self.device)
+        pruned = graphs.bipartite_norm_adj(users, items, self.n_users, self.n_items)
+        self.train_adj = SparseOperator(pruned, symmetric=True).to(self.device)
 
     def forward(self, adj):
         h = propagate(self.mm_graph, self.item_embedding.weight, self.n_mm_layers)

@@ -21,7 +21,13 @@ from torch import nn
 
 from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import ModalityProjector, edge_propagate, lightgcn_propagate, split_users_items
+from recbole_mm.model.layers import (
+    ModalityProjector,
+    SparseOperator,
+    edge_propagate,
+    lightgcn_propagate,
+    split_users_items,
+)
 from recbole_mm.model.loss import bpr_loss, l2_reg
 
 
@@ -50,7 +56,7 @@ class LATTICE(MultimodalRecommender):
         for m in self.modalities:
             g = self.knn_graph(self.modality_feature(m), self.knn_k, normalization="sym", weighted=True)
             self._initial.append((g.indices()[0], g.indices()[1], g.values()))
-        self.adj = self.norm_adj_rw().to(self.device)
+        self.adj = SparseOperator(self.norm_adj_rw()).to(self.device)
         self._item_graph = None  # (rows, cols, values) of A; values detached after its first use
         self._rebuild = True
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import lightgcn_propagate, propagate, split_users_items
+from recbole_mm.model.layers import SparseOperator, lightgcn_propagate, propagate, split_users_items
 from recbole_mm.model.loss import bpr_loss
 
 
@@ -54,11 +54,10 @@ class LGMRec(MultimodalRecommender):
         self.edge_dropout = nn.Dropout(1 - config["keep_rate"])
         self.reg_loss = EmbLoss()
 
-        self.adj = self.norm_adj().to(self.device)
-        self.R = graphs.user_item_matrix(self.train_users, self.train_items, self.n_users, self.n_items,
-                                         normalization="none").to(self.device)
-        self.R_mean = graphs.user_item_matrix(self.train_users, self.train_items, self.n_users, self.n_items,
-                                              normalization="rw").to(self.device)
+        self.adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
+        edges = (self.train_users, self.train_items, self.n_users, self.n_items)
+        self.R = SparseOperator(graphs.user_item_matrix(*edges, normalization="none")).to(self.device)
+        self.R_mean = SparseOperator(graphs.user_item_matrix(*edges, normalization="rw")).to(self.device)
 
     def _memberships(self, logits):
         if self.training:
@@ -73,12 +72,12 @@ class LGMRec(MultimodalRecommender):
         for m in self.modalities:
             feat = self.modality_feature(m)
             item_feats = feat @ self.feat_proj[m]
-            mge = propagate(self.adj, torch.cat([torch.sparse.mm(self.R_mean, item_feats), item_feats]),
+            mge = propagate(self.adj, torch.cat([self.R_mean @ item_feats, item_feats]),
                             self.n_mm_layers)
             local = local + F.normalize(mge, dim=1)
             i_logits = feat @ self.hyperedges[m]
             i_member = self._memberships(i_logits)
-            u_member = self._memberships(torch.sparse.mm(self.R, i_logits))
+            u_member = self._memberships(self.R @ i_logits)
             i_member, u_member = self.edge_dropout(i_member), self.edge_dropout(u_member)
             i_ret = cge_items
             for _ in range(self.n_hyper_layer):

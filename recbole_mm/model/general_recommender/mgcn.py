@@ -20,7 +20,14 @@ from torch import nn
 
 from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import Fusion, ModalityProjector, lightgcn_propagate, propagate, split_users_items
+from recbole_mm.model.layers import (
+    Fusion,
+    ModalityProjector,
+    SparseOperator,
+    lightgcn_propagate,
+    propagate,
+    split_users_items,
+)
 from recbole_mm.model.loss import bpr_loss, info_nce, l2_reg
 
 
@@ -46,10 +53,14 @@ class MGCN(MultimodalRecommender):
         self.preference = ModalityProjector({m: d for m in self.modalities}, d, activation="sigmoid")
         self.common = Fusion("attention", d, len(self.modalities))
 
-        self.item_graphs = {m: self.knn_graph(self.modality_feature(m), config["knn_k"], weighted=True)
-                            for m in self.modalities}
-        self.adj = self.norm_adj().to(self.device)
-        self.R = graphs.user_item_matrix(self.train_users, self.train_items, self.n_users, self.n_items).to(self.device)
+        self.item_graphs = {
+            m: SparseOperator(self.knn_graph(self.modality_feature(m), config["knn_k"], weighted=True)).to(self.device)
+            for m in self.modalities
+        }
+        self.adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
+        self.R = SparseOperator(
+            graphs.user_item_matrix(self.train_users, self.train_items, self.n_users, self.n_items)
+        ).to(self.device)
 
     def forward(self):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
@@ -59,7 +70,7 @@ class MGCN(MultimodalRecommender):
         views = []
         for m in self.modalities:
             items = propagate(self.item_graphs[m], self.item_embedding.weight * gates[m], self.n_layers)
-            views.append(torch.cat([torch.sparse.mm(self.R, items), items]))
+            views.append(torch.cat([self.R @ items, items]))
         common = self.common(views)
         prefer = self.preference({m: content for m in self.modalities})
         specific = [prefer[m] * (v - common) for m, v in zip(self.modalities, views)]

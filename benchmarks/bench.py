@@ -1,0 +1,187 @@
+"""Benchmark harness: accuracy, time per epoch, evaluation time and peak memory, per model and seed.
+
+    python benchmarks/bench.py --dataset NAME --data_path DIR --models M1 M2 ... [--epochs N]
+                               [--seeds K] [--out OUT] [--threads T] [--key=value ...]
+
+Each (model, seed) trains in its own subprocess (so peak RSS is that run's own) with the yaml
+defaults plus the ``--key=value`` overrides, early-stopping on valid Recall@20. Writes
+``OUT/results.csv`` (one row per model and seed: model, seed, best_epoch, recall@10, recall@20,
+ndcg@10, ndcg@20, train_s_per_epoch, eval_s, peak_rss_mb, wall_s), ``OUT/results.md`` (the same
+table plus mean ± std per model when K > 1), ``OUT/curves.png`` (valid Recall@20 per epoch) and
+``OUT/runs.jsonl`` (full results and curves), and prints the markdown table.
+
+Time numbers are only meaningful on an otherwise idle machine: two trainings sharing 2 cores
+each run many times slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COLUMNS = ["model", "seed", "best_epoch", "recall@10", "recall@20", "ndcg@10", "ndcg@20",
+           "train_s_per_epoch", "eval_s", "peak_rss_mb", "wall_s"]
+BASE_SEED = 2020
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data_path", required=True)
+    parser.add_argument("--models", nargs="+", required=True)
+    parser.add_argument("--epochs", type=int, default=None, help="max epochs (default: the yaml's)")
+    parser.add_argument("--seeds", type=int, default=1, help="K seeds: 2020, 2021, ...")
+    parser.add_argument("--out", default="bench_out")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--timeout", type=int, default=7200, help="seconds per run")
+    args, extra = parser.parse_known_args(argv)
+    overrides = {}
+    for item in extra:
+        if not item.startswith("--") or "=" not in item:
+            parser.error(f"unrecognised argument {item!r} (overrides are --key=value)")
+        key, value = item[2:].split("=", 1)
+        overrides[key] = value
+    return args, overrides
+
+
+def _worker(spec: dict) -> dict:
+    """Run one training in this process and return its measurements."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from recbole_mm.quick_start import run_recbole_mm
+
+    sys.argv = [sys.argv[0]] + [f"--{k}={v}" for k, v in spec["overrides"].items()]
+    config = {"data_path": spec["data_path"], "seed": spec["seed"], "show_progress": False,
+              "checkpoint_dir": spec["checkpoint_dir"]}
+    if spec["epochs"]:
+        config["epochs"] = spec["epochs"]
+    start = time.perf_counter()
+    result = run_recbole_mm(spec["model"], spec["dataset"], config_dict=config, print_result=False)
+    wall = time.perf_counter() - start
+    log = result["epoch_log"]
+    curve = [e.get("valid_result", {}).get("recall@20") for e in log]
+    scored = [(e["valid_score"], -e["epoch"]) for e in log if "valid_score" in e]
+    best_epoch = -max(scored)[1] if scored else None
+    test = result["test_result"]
+    train_s = [e["train_s"] for e in log]
+    eval_s = [e["valid_s"] for e in log if "valid_s" in e]
+    return {
+        "model": spec["model"], "seed": spec["seed"], "best_epoch": best_epoch,
+        **{k: float(test[k]) for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")},
+        "train_s_per_epoch": sum(train_s) / max(len(train_s), 1),
+        "eval_s": sum(eval_s) / max(len(eval_s), 1),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "wall_s": wall, "curve": curve, "test_result": {k: float(v) for k, v in test.items()},
+    }
+
+
+def run_one(args, overrides, model: str, seed: int) -> dict:
+    spec = {"model": model, "seed": seed, "dataset": args.dataset, "data_path": os.path.abspath(args.data_path),
+            "epochs": args.epochs, "threads": args.threads, "overrides": overrides,
+            "checkpoint_dir": os.path.abspath(os.path.join(args.out, "saved"))}
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    log_path = os.path.join(args.out, f"{model}-{seed}.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, __file__, "--_worker", json.dumps(spec)], stdout=subprocess.PIPE,
+                              stderr=log, text=True, timeout=args.timeout, cwd=args.out, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{model} (seed {seed}) failed with exit code {proc.returncode}; see {log_path}")
+    return json.loads(lines[-1][len("BENCH_RESULT "):])
+
+
+def _fmt(value, column):
+    if isinstance(value, float):
+        return f"{value:.4f}" if column.startswith(("recall", "ndcg")) else f"{value:.2f}"
+    return str(value)
+
+
+def markdown(rows, title: str) -> str:
+    lines = [f"## {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r[c], c) for c in COLUMNS) + " |" for r in rows]
+    models = sorted({r["model"] for r in rows}, key=[r["model"] for r in rows].index)
+    if any(sum(r["model"] == m for r in rows) > 1 for m in models):
+        import statistics
+
+        lines += ["", "Mean ± std over seeds:", "", "| model | recall@20 | ndcg@20 | train_s_per_epoch |",
+                  "|---|---|---|---|"]
+        for m in models:
+            sub = [r for r in rows if r["model"] == m]
+            cells = []
+            for c in ("recall@20", "ndcg@20", "train_s_per_epoch"):
+                vals = [r[c] for r in sub]
+                sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                cells.append(f"{statistics.mean(vals):.4f} ± {sd:.4f}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path: str, title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no curves.png (pip install matplotlib)", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ys = [y for y in r["curve"] if y is not None]
+        ax.plot(range(len(ys)), ys, label=f"{r['model']} (seed {r['seed']})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid Recall@20")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--_worker":
+        print("BENCH_RESULT " + json.dumps(_worker(json.loads(argv[1]))), flush=True)
+        return None
+    args, overrides = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    for model in args.models:
+        for k in range(args.seeds):
+            seed = BASE_SEED + k
+            print(f"running {model} seed {seed} ...", file=sys.stderr, flush=True)
+            rows.append(run_one(args, overrides, model, seed))
+            print(f"  test recall@20 {rows[-1]['recall@20']:.4f}, {rows[-1]['train_s_per_epoch']:.2f} s/epoch, "
+                  f"best epoch {rows[-1]['best_epoch']}", file=sys.stderr, flush=True)
+    with open(os.path.join(args.out, "results.csv"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(args.out, "runs.jsonl"), "w") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+    extra = " ".join(f"--{k}={v}" for k, v in overrides.items())
+    title = f"{args.dataset}: test metrics (best valid Recall@20 epoch)"
+    command = "python benchmarks/bench.py " + " ".join(argv)
+    table = markdown(rows, title) + f"\nCommand: `{command}`" + (f" (overrides: `{extra}`)" if extra else "") + "\n"
+    with open(os.path.join(args.out, "results.md"), "w") as fh:
+        fh.write(table)
+    plot(rows, os.path.join(args.out, "curves.png"), f"{args.dataset}: valid Recall@20")
+    print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

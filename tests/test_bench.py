@@ -1,0 +1,29 @@
+"""The benchmark harness's interface (fixed: other scripts read it)."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_writes_csv_markdown_and_curves(tiny_dataset, tmp_path):
+    data_path, name = tiny_dataset
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--dataset", name, "--data_path", data_path,
+           "--models", "VBPR", "BPR", "--epochs", "2", "--seeds", "2", "--out", str(out), "--threads", "1",
+           "--embedding_size=8", "--feature_embedding_size=8", "--train_batch_size=64"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["model", "seed", "best_epoch", "recall@10", "recall@20", "ndcg@10", "ndcg@20",
+                             "train_s_per_epoch", "eval_s", "peak_rss_mb", "wall_s"]
+    assert [(r["model"], r["seed"]) for r in rows] == [("VBPR", "2020"), ("VBPR", "2021"), ("BPR", "2020"),
+                                                        ("BPR", "2021")]
+    for r in rows:
+        assert 0 <= float(r["recall@20"]) <= 1 and float(r["peak_rss_mb"]) > 50 and int(r["best_epoch"]) in (0, 1)
+    md = (out / "results.md").read_text()
+    assert "| VBPR | 2020 |" in md and "Mean ± std" in md and "| VBPR | 2020 |" in proc.stdout
+    assert (out / "curves.png").stat().st_size > 1000

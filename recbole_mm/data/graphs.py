@@ -112,14 +112,20 @@ def degree_sensitive_prune(users, items, n_users, n_items, keep_ratio: float, ge
 
 
 # -- item-item graphs ---------------------------------------------------------------------------
-def knn_indices(features: torch.Tensor, k: int, block_size: int = 4096, include_self: bool = True):
+def auto_block_size(n: int, budget_mb: int = 256) -> int:
+    """Rows per similarity block so that one ``block x n`` float32 block fits in ``budget_mb``."""
+    return int(max(1, min(n, budget_mb * 2**20 // (4 * max(n, 1)))))
+
+
+def knn_indices(features: torch.Tensor, k: int, block_size: int = None, include_self: bool = True):
     """Indices ``(n, k)`` and cosine similarities of every row's top-``k`` neighbours.
 
     Computed block-wise without gradients: peak memory ``O(block_size * n + n * k)``, never an
-    n x n matrix.
+    n x n matrix; the default block holds 256 MB of similarities (:func:`auto_block_size`).
     """
     n = features.shape[0]
     k = min(k, n if include_self else n - 1)
+    block_size = block_size or auto_block_size(n)
     cols = torch.empty((n, k), dtype=torch.long, device=features.device)
     sims = torch.empty((n, k), dtype=torch.float32, device=features.device)
     with torch.no_grad():
@@ -134,7 +140,7 @@ def knn_indices(features: torch.Tensor, k: int, block_size: int = 4096, include_
     return cols, sims
 
 
-def knn_edges(features: torch.Tensor, k: int, block_size: int = 4096, include_self: bool = True):
+def knn_edges(features: torch.Tensor, k: int, block_size: int = None, include_self: bool = True):
     """Top-``k`` cosine neighbour edges ``(rows, cols, sims)``, ``n*k`` of them (see :func:`knn_indices`)."""
     cols, sims = knn_indices(features, k, block_size=block_size, include_self=include_self)
     rows = torch.arange(features.shape[0], device=features.device).repeat_interleave(cols.shape[1])
@@ -142,7 +148,7 @@ def knn_edges(features: torch.Tensor, k: int, block_size: int = 4096, include_se
 
 
 def knn_graph(features: torch.Tensor, k: int, normalization: str = "sym", weighted: bool = False,
-              block_size: int = 4096, include_self: bool = True) -> torch.Tensor:
+              block_size: int = None, include_self: bool = True) -> torch.Tensor:
     """Item-item KNN graph from one modality's features (FREEDOM: binary, sym; LATTICE: weighted).
 
     ``weighted`` keeps the cosine similarities as edge weights, otherwise every kept edge is 1.

@@ -108,7 +108,7 @@ class MultimodalRecommender(GeneralRecommender):
         def build():
             inner = graphs.knn_graph(features[1:], k, normalization=normalization, weighted=weighted)
             idx = inner.indices() + 1
-            return torch.sparse_coo_tensor(idx, inner.values(), (self.n_items, self.n_items)).coalesce()
+            return graphs.sparse(idx[0], idx[1], inner.values(), (self.n_items, self.n_items))
 
         key = graphs.graph_cache_key([features], k=k, normalization=normalization, weighted=weighted, v=1)
         return graphs.cached_graph(self.graph_cache_dir(), "knn", key, build).to(self.device)

@@ -52,17 +52,18 @@ class BM3(MultimodalRecommender):
     def calculate_loss(self, interaction):
         user, item = interaction[self.USER_ID], interaction[self.ITEM_ID]
         u_all, i_all = self.forward()
-        feats = self.projector({m: self.features[m].weight for m in self.modalities})
+        # only the batch's rows enter the loss: gather before the predictor/projections
+        feats = self.projector({m: self.features[m](item) for m in self.modalities})
         with torch.no_grad():  # target views: dropout on a stopped-gradient copy (Eq. 5)
-            u_target = F.dropout(u_all, self.dropout)[user]
-            i_target = F.dropout(i_all, self.dropout)[item]
-            f_target = {m: F.dropout(f, self.dropout)[item] for m, f in feats.items()}
-        u_online = self.predictor(u_all)[user]
-        i_online = self.predictor(i_all)[item]
+            u_target = F.dropout(u_all[user], self.dropout)
+            i_target = F.dropout(i_all[item], self.dropout)
+            f_target = {m: F.dropout(f, self.dropout) for m, f in feats.items()}
+        u_online = self.predictor(u_all[user])
+        i_online = self.predictor(i_all[item])
         loss = bootstrap_loss(u_online, i_target) + bootstrap_loss(i_online, u_target)
         modal = 0.0
         for m, f in feats.items():
-            f_online = self.predictor(f[item])
+            f_online = self.predictor(f)
             modal = modal + bootstrap_loss(f_online, i_target) + bootstrap_loss(f_online, f_target[m])
         return loss + self.reg_weight * self.reg_loss(u_all, i_all) + self.cl_weight * modal
 

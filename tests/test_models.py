@@ -1,0 +1,112 @@
+"""Model-specific behaviour of the multimodal baselines, on tiny data."""
+
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+
+from recbole_mm.config import Config
+from recbole_mm.data import create_dataset, data_preparation
+from recbole_mm.quick_start import run_recbole_mm
+from recbole_mm.utils import get_model
+from tests.conftest import FAST, make_mmrec_folder
+
+GRAPH_MODELS = ["LATTICE", "FREEDOM", "BM3", "MGCN", "LGMRec"]
+
+
+def _build(model_name, data_path, name, **overrides):
+    config = Config(model_name, name, config_dict={"data_path": data_path, **FAST, **overrides})
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    torch.manual_seed(0)
+    model = get_model(model_name)(config, train.dataset)
+    return config, model, train
+
+
+@pytest.fixture
+def three_modalities(tmp_path):
+    from dataset_converters.mmrec import convert
+
+    raw = make_mmrec_folder(tmp_path / "raw3", name="tri", dims=(("a", 8), ("b", 6), ("c", 5)))
+    convert(str(raw), str(tmp_path / "data3"))
+    return str(tmp_path / "data3"), "tri"
+
+
+@pytest.mark.parametrize("model", GRAPH_MODELS + ["VBPR"])
+@pytest.mark.parametrize("mods", [["a"], ["a", "b", "c"]])
+def test_any_number_of_modalities(three_modalities, run_config, model, mods):
+    data_path, name = three_modalities
+    cfg = dict(run_config, data_path=data_path, epochs=1, use_modalities=mods)
+    result = run_recbole_mm(model, name, config_dict=cfg, print_result=False)
+    assert 0 <= result["test_result"]["recall@20"] <= 1
+
+
+@pytest.mark.parametrize("model", GRAPH_MODELS)
+def test_predict_matches_full_sort(tiny_dataset, model):
+    data_path, name = tiny_dataset
+    _, m, train = _build(model, data_path, name)
+    m.eval()
+    users = torch.tensor([1, 2, 3])
+    n = m.n_items
+    full = m.full_sort_predict(Interaction({"user_id": users})).view(3, -1)
+    pair = m.predict(Interaction({"user_id": users.repeat_interleave(n), "item_id": torch.arange(n).repeat(3)}))
+    torch.testing.assert_close(full, pair.view(3, -1), rtol=1e-4, atol=1e-5)
+    again = m.full_sort_predict(Interaction({"user_id": users})).view(3, -1)
+    torch.testing.assert_close(full, again)  # deterministic at inference (no Gumbel/dropout noise)
+
+
+def test_freedom_prunes_for_training_only(tiny_dataset):
+    data_path, name = tiny_dataset
+    _, m, _ = _build("FREEDOM", data_path, name, edge_prune_ratio=0.5)
+    full_nnz = m.full_adj.csr.values().numel()
+    m.train()
+    m.pre_epoch_processing()
+    assert m.train_adj.csr.values().numel() == 2 * -(-len(m.train_users) // 2)  # ceil(0.5 |E|) edges, both ways
+    assert full_nnz == 2 * len(m.train_users)
+    m.eval()
+    users = Interaction({"user_id": torch.tensor([1, 2])})
+    before = m.full_sort_predict(users)
+    m.pre_epoch_processing()  # a new pruned graph must not change inference
+    m.eval()
+    torch.testing.assert_close(before, m.full_sort_predict(users))
+
+
+def test_lattice_learns_graph_once_per_epoch(tiny_dataset):
+    data_path, name = tiny_dataset
+    config, m, train = _build("LATTICE", data_path, name)
+    m.train()
+    batch = next(iter(train))
+    m.pre_epoch_processing()
+    m.calculate_loss(batch).backward()
+    first = {n: p.grad for n, p in m.named_parameters() if n.startswith(("projector", "modal_logits"))}
+    assert all(g is not None and g.abs().sum() > 0 for g in first.values())
+    m.zero_grad(set_to_none=True)
+    m.calculate_loss(batch).backward()  # same epoch: graph reused, detached
+    assert all(p.grad is None for n, p in m.named_parameters() if n.startswith(("projector", "modal_logits")))
+
+
+def test_bm3_trains_without_negatives(tiny_dataset):
+    data_path, name = tiny_dataset
+    config, m, train = _build("BM3", data_path, name)
+    assert config["train_neg_sample_args"]["distribution"] == "none"
+    batch = next(iter(train))
+    assert m.NEG_ITEM_ID not in batch.interaction
+    loss = m.calculate_loss(batch)
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_mgcn_attention_weights(tiny_dataset):
+    data_path, name = tiny_dataset
+    _, m, _ = _build("MGCN", data_path, name)
+    m.forward()
+    w = m.common.last_weights
+    assert w.shape == (m.n_users + m.n_items, 2)
+    torch.testing.assert_close(w.sum(1), torch.ones(w.shape[0]))
+
+
+def test_modality_weights_validation(tiny_dataset):
+    data_path, name = tiny_dataset
+    _, m, _ = _build("FREEDOM", data_path, name)
+    assert m.modality_weights({"text": 0.1}) == pytest.approx({"image": 0.9, "text": 0.1})
+    assert m.modality_weights(None) == pytest.approx({"image": 0.5, "text": 0.5})
+    with pytest.raises(ValueError, match="audio"):
+        m.modality_weights({"audio": 0.3})

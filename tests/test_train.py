@@ -83,12 +83,13 @@ def test_cli_prints_results(tiny_dataset, tmp_path):
     assert bad.returncode != 0 and "Available models" in bad.stderr
 
 
-def test_run_hyper_cli(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("model", ["VBPR", "FREEDOM"])
+def test_run_hyper_cli(tiny_dataset, tmp_path, model):
     data_path, name = tiny_dataset
     params = tmp_path / "hyper.test"
     params.write_text("learning_rate choice [0.01,0.001]\n")
     result_file = tmp_path / "hyper.md"
-    cmd = [sys.executable, str(REPO / "run_hyper.py"), "--model=VBPR", f"--dataset={name}",
+    cmd = [sys.executable, str(REPO / "run_hyper.py"), f"--model={model}", f"--dataset={name}",
            f"--data_path={data_path}", f"--params_file={params}", "--epochs=1", "--show_progress=False",
            f"--output_file={result_file}", f"--checkpoint_dir={tmp_path / 'ck'}"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)

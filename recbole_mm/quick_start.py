@@ -10,7 +10,6 @@ import logging
 import sys
 from logging import getLogger
 
-import torch
 import torch.distributed as dist
 from recbole.utils import init_logger, init_seed, set_color
 

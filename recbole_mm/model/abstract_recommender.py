@@ -50,6 +50,26 @@ class MultimodalRecommender(GeneralRecommender):
             self._eval_cache = compute()
         return self._eval_cache
 
+    # -- ID embeddings and scoring ----------------------------------------------------------------
+    def init_id_embeddings(self, dim: int) -> None:
+        """``user_embedding`` / ``item_embedding`` tables, Xavier-uniform initialised."""
+        self.user_embedding = nn.Embedding(self.n_users, dim)
+        self.item_embedding = nn.Embedding(self.n_items, dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+
+    def inference_embeddings(self):
+        """``(user, item)`` representations whose dot product is the score (full graphs, no noise)."""
+        raise NotImplementedError
+
+    def predict(self, interaction):
+        users, items = self.eval_cached(self.inference_embeddings)
+        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(1)
+
+    def full_sort_predict(self, interaction):
+        users, items = self.eval_cached(self.inference_embeddings)
+        return (users[interaction[self.USER_ID]] @ items.T).view(-1)
+
     # -- features -----------------------------------------------------------------------------
     @staticmethod
     def _buffer_name(name: str) -> str:

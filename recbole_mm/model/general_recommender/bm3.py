@@ -31,10 +31,7 @@ class BM3(MultimodalRecommender):
         self.cl_weight = config["cl_weight"]
         self.dropout = config["dropout"]
 
-        self.user_embedding = nn.Embedding(self.n_users, self.embedding_size)
-        self.item_embedding = nn.Embedding(self.n_items, self.embedding_size)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.init_id_embeddings(self.embedding_size)
         self.features = self.feature_tables(trainable=config["train_features"])
         self.projector = ModalityProjector(self.modality_dims(), self.embedding_size)
         for layer in self.projector.proj.values():
@@ -67,14 +64,6 @@ class BM3(MultimodalRecommender):
             modal = modal + bootstrap_loss(f_online, i_target) + bootstrap_loss(f_online, f_target[m])
         return loss + self.reg_weight * self.reg_loss(u_all, i_all) + self.cl_weight * modal
 
-    def _scores_inputs(self):
+    def inference_embeddings(self):
         users, items = self.forward()
         return self.predictor(users), self.predictor(items)
-
-    def predict(self, interaction):
-        users, items = self.eval_cached(self._scores_inputs)
-        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(1)
-
-    def full_sort_predict(self, interaction):
-        users, items = self.eval_cached(self._scores_inputs)
-        return (users[interaction[self.USER_ID]] @ items.T).view(-1)

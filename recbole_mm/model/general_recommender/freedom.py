@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 from recbole.utils import InputType
-from torch import nn
 
 from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
@@ -39,10 +38,7 @@ class FREEDOM(MultimodalRecommender):
         self.reg_weight = config["reg_weight"]
         self.edge_prune_ratio = config["edge_prune_ratio"]
 
-        self.user_embedding = nn.Embedding(self.n_users, self.embedding_size)
-        self.item_embedding = nn.Embedding(self.n_items, self.embedding_size)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.init_id_embeddings(self.embedding_size)
         self.features = self.feature_tables(trainable=config["train_features"])
         self.projector = ModalityProjector(self.modality_dims(), self.embedding_size)
 
@@ -87,10 +83,5 @@ class FREEDOM(MultimodalRecommender):
                 loss = loss + self.reg_weight * bpr_loss((u * f_pos).sum(1), (u * f_neg).sum(1))
         return loss
 
-    def predict(self, interaction):
-        users, items = self.eval_cached(lambda: self.forward(self.full_adj))
-        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(1)
-
-    def full_sort_predict(self, interaction):
-        users, items = self.eval_cached(lambda: self.forward(self.full_adj))
-        return (users[interaction[self.USER_ID]] @ items.T).view(-1)
+    def inference_embeddings(self):
+        return self.forward(self.full_adj)

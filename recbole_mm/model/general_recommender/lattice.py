@@ -43,10 +43,7 @@ class LATTICE(MultimodalRecommender):
         self.n_ui_layers = config["n_ui_layers"]
         self.reg_weight = config["reg_weight"]
 
-        self.user_embedding = nn.Embedding(self.n_users, self.embedding_size)
-        self.item_embedding = nn.Embedding(self.n_items, self.embedding_size)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.init_id_embeddings(self.embedding_size)
         self.features = self.feature_tables(trainable=config["train_features"])
         self.projector = ModalityProjector(self.modality_dims(), config["feat_embed_dim"])
         self.modal_logits = nn.Parameter(torch.zeros(len(self.modalities)))  # alpha = softmax
@@ -113,15 +110,7 @@ class LATTICE(MultimodalRecommender):
         u, p, n = users[user], items[pos], items[neg]
         return bpr_loss((u * p).sum(1), (u * n).sum(1)) + self.reg_weight * l2_reg(u, p, n)
 
-    def _inference(self):
+    def inference_embeddings(self):
         with torch.no_grad():
             self._rebuild = True  # score with the graph of the current projections (as trained)
             return self.forward()
-
-    def predict(self, interaction):
-        users, items = self.eval_cached(self._inference)
-        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(1)
-
-    def full_sort_predict(self, interaction):
-        users, items = self.eval_cached(self._inference)
-        return (users[interaction[self.USER_ID]] @ items.T).view(-1)

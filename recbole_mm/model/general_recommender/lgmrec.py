@@ -42,10 +42,7 @@ class LGMRec(MultimodalRecommender):
         self.reg_weight = config["reg_weight"]
         self.tau = config["hyper_temperature"]
 
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.init_id_embeddings(d)
         dims = self.modality_dims()
         self.feat_proj = nn.ParameterDict({
             m: nn.Parameter(nn.init.xavier_uniform_(torch.empty(dims[m], d))) for m in dims})
@@ -105,13 +102,5 @@ class LGMRec(MultimodalRecommender):
             cl = cl + self._contrast(ua[user], ub[user], ub) + self._contrast(ia[pos], ib[pos], ib)
         return loss + self.cl_weight * cl + self.reg_weight * self.reg_loss(u, p, n)
 
-    def _final(self):
+    def inference_embeddings(self):
         return split_users_items(self.forward()[0], self.n_users)
-
-    def predict(self, interaction):
-        users, items = self.eval_cached(self._final)
-        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(1)
-
-    def full_sort_predict(self, interaction):
-        users, items = self.eval_cached(self._final)
-        return (users[interaction[self.USER_ID]] @ items.T).view(-1)

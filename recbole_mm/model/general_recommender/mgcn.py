@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 from recbole.utils import InputType
-from torch import nn
 
 from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
@@ -43,10 +42,7 @@ class MGCN(MultimodalRecommender):
         self.cl_weight = config["cl_weight"]
         self.cl_temperature = config["cl_temperature"]
 
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.init_id_embeddings(d)
         self.features = self.feature_tables(trainable=config["train_features"])
         self.projector = ModalityProjector(self.modality_dims(), d)
         self.purifier = ModalityProjector({m: d for m in self.modalities}, d, activation="sigmoid")
@@ -90,13 +86,5 @@ class MGCN(MultimodalRecommender):
             info_nce(side_u[user], cont_u[user], self.cl_temperature)
         return loss + self.cl_weight * cl
 
-    def _final(self):
+    def inference_embeddings(self):
         return split_users_items(self.forward()[0], self.n_users)
-
-    def predict(self, interaction):
-        users, items = self.eval_cached(self._final)
-        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(1)
-
-    def full_sort_predict(self, interaction):
-        users, items = self.eval_cached(self._final)
-        return (users[interaction[self.USER_ID]] @ items.T).view(-1)

@@ -60,3 +60,15 @@ def test_bootstrap_loss_stops_target_gradient():
     assert value.item() == pytest.approx(1.0)
     value.backward()
     assert p.grad is not None and z.grad is None
+
+
+def test_similarity_preserving_loss_by_hand_and_stop_gradient():
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    ref = torch.tensor([[1.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    # cos(h) = I, cos(ref) = all ones: difference has two off-diagonal -1 -> ||.||_F = sqrt(2), / B=2
+    value = loss.similarity_preserving_loss(h, ref)
+    assert value.item() == pytest.approx(math.sqrt(2) / 2)
+    value.backward()
+    assert h.grad is not None and ref.grad is None
+    same = torch.tensor([[3.0, 4.0], [1.0, 2.0]])
+    assert loss.similarity_preserving_loss(same, 2 * same).item() == pytest.approx(0.0, abs=1e-6)

@@ -10,7 +10,7 @@ from recbole_mm.quick_start import run_recbole_mm
 from recbole_mm.utils import get_model
 from tests.conftest import FAST, make_mmrec_folder
 
-GRAPH_MODELS = ["LATTICE", "FREEDOM", "BM3", "MGCN", "LGMRec"]
+GRAPH_MODELS = ["LATTICE", "FREEDOM", "BM3", "MGCN", "LGMRec", "AlignRec"]
 
 
 def _build(model_name, data_path, name, **overrides):
@@ -110,3 +110,34 @@ def test_modality_weights_validation(tiny_dataset):
     assert m.modality_weights(None) == pytest.approx({"image": 0.5, "text": 0.5})
     with pytest.raises(ValueError, match="audio"):
         m.modality_weights({"audio": 0.3})
+
+
+@pytest.mark.parametrize("fusion", ["sum", "mean", "concat", "gate", "attention"])
+def test_alignrec_fusions(tiny_dataset, run_config, fusion):
+    data_path, name = tiny_dataset
+    result = run_recbole_mm("AlignRec", name, config_dict=dict(run_config, data_path=data_path, epochs=1,
+                                                                fusion=fusion), print_result=False)
+    assert 0 <= result["test_result"]["recall@20"] <= 1
+
+
+def test_alignrec_loss_terms_switch_off(tiny_dataset):
+    data_path, name = tiny_dataset
+    off = dict(cca_weight=0.0, uia_weight=0.0, sim_weight=0.0, reg_weight=0.0)
+    _, m, train = _build("AlignRec", data_path, name, **off)
+    batch = next(iter(train))
+    h, _, _ = m.forward()
+    users, items = h[: m.n_users], h[m.n_users:]
+    u, p, n = users[batch["user_id"]], items[batch["item_id"]], items[batch["neg_item_id"]]
+    from recbole_mm.model.loss import bpr_loss
+
+    torch.testing.assert_close(m.calculate_loss(batch), bpr_loss((u * p).sum(1), (u * n).sum(1)))
+    _, m2, _ = _build("AlignRec", data_path, name, **dict(off, uia_weight=1.0))
+    assert m2.calculate_loss(batch) > m.calculate_loss(batch)  # 1 - cos adds a positive term
+
+
+def test_alignrec_uses_fused_modality_when_present(tiny_dataset):
+    data_path, name = tiny_dataset
+    _, m, _ = _build("AlignRec", data_path, name, encoder_modality="text")
+    torch.testing.assert_close(m.h_enc, m.modality_feature("text"))
+    _, fallback, _ = _build("AlignRec", data_path, name, encoder_modality="fused")
+    assert fallback.h_enc.shape[1] == 8 + 6  # normalised concatenation of image and text

@@ -36,3 +36,14 @@ def bootstrap_loss(online_pred: torch.Tensor, target: torch.Tensor) -> torch.Ten
     p = torch.nn.functional.normalize(online_pred, dim=-1)
     z = torch.nn.functional.normalize(target.detach(), dim=-1)
     return (1 - (p * z).sum(-1)).mean()
+
+
+def similarity_preserving_loss(h: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """AlignRec's REG term: ``||C(h_i, h_j) - sg(C(r_i, r_j))||_F / B`` over in-batch pairs, C = cosine.
+
+    Keeps the learned multimodal representations ``h`` as mutually (dis)similar as the content
+    features ``reference`` they came from; the reference side gets no gradient.
+    """
+    hn = torch.nn.functional.normalize(h, dim=-1)
+    rn = torch.nn.functional.normalize(reference.detach(), dim=-1)
+    return torch.linalg.norm(hn @ hn.T - rn @ rn.T) / h.shape[0]

@@ -1,5 +1,6 @@
 """recbole_mm's general (user-item) recommenders, one file per model."""
 
+from recbole_mm.model.general_recommender.alignrec import AlignRec
 from recbole_mm.model.general_recommender.bm3 import BM3
 from recbole_mm.model.general_recommender.freedom import FREEDOM
 from recbole_mm.model.general_recommender.lattice import LATTICE
@@ -8,6 +9,6 @@ from recbole_mm.model.general_recommender.mgcn import MGCN
 from recbole_mm.model.general_recommender.vbpr import VBPR
 
 #: registry read by recbole_mm.utils.get_model
-MODELS = {cls.__name__: cls for cls in (VBPR, LATTICE, FREEDOM, BM3, MGCN, LGMRec)}
+MODELS = {cls.__name__: cls for cls in (VBPR, LATTICE, FREEDOM, BM3, MGCN, LGMRec, AlignRec)}
 
 __all__ = list(MODELS)

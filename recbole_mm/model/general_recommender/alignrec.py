@@ -1,0 +1,93 @@
+"""AlignRec (Liu et al., CIKM 2024): "AlignRec: Aligning and Training in Multimodal Recommendations".
+
+Stage 2 (recommendation) of the paper; stage 1 (inter-content alignment pre-training) produces
+the fused item feature ``h_enc`` as a dataset modality (``encoder_modality``).
+
+* ``h_enc``: the fused modality if the run has it, otherwise the documented fallback: every
+  modality L2-normalised and concatenated (the content MLP below then projects it).
+* ID branch: LightGCN over the normalised user-item graph (layer mean) -> ``h_id``.
+* Content branch: ``h_con_i = e_id_i ⊙ sigmoid(MLP(h_enc_i))``; item-item KNN graph S of ``h_enc``
+  (cosine, top-k, sym-normalised, built once and cached); ``h_mm_i = S h_con``, ``h_mm_u = R̂ h_mm``.
+* Fusion: ``h = h_mm + h_id`` (``fusion: sum``), or the shared fusion layer
+  (``mean | concat | gate | attention``).
+* Loss: BPR + ``reg_weight`` L2 + α CCA (in-batch InfoNCE between h_mm and h_id of the batch's
+  items and users, τ = ``cca_temperature``) + β UIA (``1 - cos(h_u, h_i)`` on observed pairs)
+  + λ REG (``||cos(h_mm_i, h_mm_j) - sg(cos(h_enc_i, h_enc_j))||``). A weight of 0 switches its term off.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_mm.data import graphs
+from recbole_mm.model.abstract_recommender import MultimodalRecommender
+from recbole_mm.model.layers import Fusion, SparseOperator, lightgcn_propagate, propagate, split_users_items
+from recbole_mm.model.loss import bpr_loss, info_nce, l2_reg, similarity_preserving_loss
+
+
+class AlignRec(MultimodalRecommender):
+    input_type = InputType.PAIRWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        d = self.embedding_size = config["embedding_size"]
+        self.n_ui_layers = config["n_ui_layers"]
+        self.n_mm_layers = config["n_mm_layers"]
+        self.reg_weight = config["reg_weight"]
+        self.cca_weight = config["cca_weight"]
+        self.uia_weight = config["uia_weight"]
+        self.sim_weight = config["sim_weight"]
+        self.cca_temperature = config["cca_temperature"]
+
+        self.init_id_embeddings(d)
+        h_enc = self.encoder_features(config["encoder_modality"])
+        self.register_buffer("h_enc", h_enc, persistent=False)
+        self.content_mlp = nn.Sequential(nn.Linear(h_enc.shape[1], d), nn.Linear(d, d))
+        self.fusion_mode = config["fusion"] or "sum"
+        self.fusion = None if self.fusion_mode == "sum" else Fusion(self.fusion_mode, d, 2)
+
+        self.mm_graph = SparseOperator(self.knn_graph(h_enc, config["knn_k"], weighted=True)).to(self.device)
+        self.adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
+        self.R = SparseOperator(
+            graphs.user_item_matrix(self.train_users, self.train_items, self.n_users, self.n_items)
+        ).to(self.device)
+
+    def encoder_features(self, name) -> torch.Tensor:
+        """``h_enc``: the stage-1 fused modality ``name`` if present, else normalised concatenation."""
+        if name and name in self.modalities:
+            return self.modality_feature(name)
+        return self.concat_features(normalize=True)
+
+    def forward(self):
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        h_id = lightgcn_propagate(self.adj, ego, self.n_ui_layers)
+        h_con = self.item_embedding.weight * torch.sigmoid(self.content_mlp(self.h_enc))
+        h_mm_items = propagate(self.mm_graph, h_con, self.n_mm_layers)
+        h_mm = torch.cat([self.R @ h_mm_items, h_mm_items])
+        h = h_id + h_mm if self.fusion is None else self.fusion([h_id, h_mm])
+        return h, h_mm, h_id
+
+    def calculate_loss(self, interaction):
+        user = interaction[self.USER_ID]
+        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        h, h_mm, h_id = self.forward()
+        users, items = split_users_items(h, self.n_users)
+        u, p, n = users[user], items[pos], items[neg]
+        loss = bpr_loss((u * p).sum(1), (u * n).sum(1)) + self.reg_weight * l2_reg(u, p, n)
+        mm_u, mm_i = split_users_items(h_mm, self.n_users)
+        if self.cca_weight:
+            id_u, id_i = split_users_items(h_id, self.n_users)
+            cca = info_nce(mm_i[pos], id_i[pos], self.cca_temperature) + \
+                info_nce(mm_u[user], id_u[user], self.cca_temperature)
+            loss = loss + self.cca_weight * cca
+        if self.uia_weight:
+            loss = loss + self.uia_weight * (1 - F.cosine_similarity(u, p, dim=-1)).mean()
+        if self.sim_weight:
+            loss = loss + self.sim_weight * similarity_preserving_loss(mm_i[pos], self.h_enc[pos])
+        return loss
+
+    def inference_embeddings(self):
+        return split_users_items(self.forward()[0], self.n_users)

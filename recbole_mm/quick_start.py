@@ -26,13 +26,23 @@ def _jsonable(result) -> dict:
     return {k: float(v) for k, v in (result or {}).items()}
 
 
+def load_dataset(config):
+    """The dataset of ``config``, plus whatever the model adds to it (AlignRec's stage-1 features)."""
+    dataset = create_dataset(config)
+    model_class = get_model(config["model"])
+    if hasattr(model_class, "prepare_dataset"):
+        model_class.prepare_dataset(config, dataset)
+    return dataset
+
+
 def prepare(config):
     """Dataset, split dataloaders, model and trainer for ``config``."""
-    dataset = create_dataset(config)
+    dataset = load_dataset(config)
+    model_class = get_model(config["model"])
     getLogger().info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model = model_class(config, train_data._dataset).to(config["device"])
     getLogger().info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     return dataset, (train_data, valid_data, test_data), model, trainer
@@ -129,7 +139,7 @@ def load_data_and_model(model_file):
     config = checkpoint["config"]
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    dataset = create_dataset(config)
+    dataset = load_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])

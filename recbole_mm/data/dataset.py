@@ -70,20 +70,30 @@ class MultimodalDataset(Dataset):
                     f"use_modalities names {unknown}, but dataset '{self.dataset_name}' has modalities {names}"
                 )
             specs = [s for s in specs if s.name in wanted]
+        for spec in specs:
+            self.load_modality(spec, self._raw_item_tokens)
+
+    def load_modality(self, spec, known_tokens=None):
+        """Read, validate and align one modality file; add it to ``item_features``.
+
+        Also the way to attach a modality after loading (AlignRec's stage-1 features):
+        ``known_tokens`` defaults to the dataset's item tokens.
+        """
+        if known_tokens is None:
+            known_tokens = self.field2id_token[self.iid_field][1:]
         policy = self.config["missing_modality"] or "mean"
         id2token = self.field2id_token[self.iid_field]
-        for spec in specs:
-            matrix = read_feature_matrix(spec.path, spec.name)
-            tokens = row_tokens_for(spec, matrix.shape[0], self._raw_item_tokens)
-            aligned, present = align_to_items(matrix, tokens, id2token, spec)
-            aligned = fill_missing(aligned, present, policy, spec, id2token)
-            self.item_features[spec.name] = torch.from_numpy(aligned)
-            self.item_feature_mask[spec.name] = torch.from_numpy(present)
-            coverage = present[1:].mean() if len(present) > 1 else 0.0
-            self.logger.info(
-                set_color("modality", "blue")
-                + f" [{spec.name}]: {matrix.shape[1]}-d from {spec.path}, coverage {coverage:.1%} of {len(present) - 1} items"
-            )
+        matrix = read_feature_matrix(spec.path, spec.name)
+        tokens = row_tokens_for(spec, matrix.shape[0], known_tokens)
+        aligned, present = align_to_items(matrix, tokens, id2token, spec)
+        aligned = fill_missing(aligned, present, policy, spec, id2token)
+        self.item_features[spec.name] = torch.from_numpy(aligned)
+        self.item_feature_mask[spec.name] = torch.from_numpy(present)
+        coverage = present[1:].mean() if len(present) > 1 else 0.0
+        self.logger.info(
+            set_color("modality", "blue")
+            + f" [{spec.name}]: {matrix.shape[1]}-d from {spec.path}, coverage {coverage:.1%} of {len(present) - 1} items"
+        )
 
     # -- helpers for models ----------------------------------------------------------------
     @property

@@ -17,6 +17,8 @@ the fused item feature ``h_enc`` as a dataset modality (``encoder_modality``).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from recbole.utils import InputType
@@ -54,6 +56,27 @@ class AlignRec(MultimodalRecommender):
         self.R = SparseOperator(
             graphs.user_item_matrix(self.train_users, self.train_items, self.n_users, self.n_items)
         ).to(self.device)
+
+    @classmethod
+    def prepare_dataset(cls, config, dataset):
+        """Two-stage training: attach stage-1 features as modality ``encoder_modality``.
+
+        ``<dataset dir>/<encoder_file>`` is loaded if it exists; with ``pretrain: True`` stage 1
+        (ICA pre-training, :mod:`recbole_mm.pretrain`) first writes it when it is missing or
+        ``pretrain_overwrite`` is set.
+        """
+        from recbole_mm.data.features import parse_modalities
+
+        name, file = config["encoder_modality"], config["encoder_file"]
+        if not name or not file or name in dataset.item_features:
+            return
+        path = file if os.path.isabs(file) else os.path.join(dataset.dataset_path, file)
+        if config["pretrain"] and (config["pretrain_overwrite"] or not os.path.isfile(path)):
+            from recbole_mm.pretrain import run_stage1
+
+            run_stage1(config, dataset, path, exclude=(name,))
+        if os.path.isfile(path):
+            dataset.load_modality(parse_modalities({name: path}, dataset.dataset_path)[0])
 
     def encoder_features(self, name) -> torch.Tensor:
         """``h_enc``: the stage-1 fused modality ``name`` if present, else normalised concatenation."""

@@ -1,0 +1,135 @@
+"""Inter-content alignment (ICA) pre-training: AlignRec's stage 1 (Liu et al., CIKM 2024, Sec. 3.2).
+
+A cross-modal transformer fuses an item's modalities into one vector ``h_enc``. The paper trains a
+BEiT-3 style encoder with masked image + masked language modelling on raw pixels and tokens; with
+pre-extracted feature vectors we use the feature-regression analogue:
+
+* every modality's feature vector (L2-normalised once) is cut into ``tokens_per_modality`` chunks, each
+  chunk embedded on its own (so a masked chunk leaks nowhere) plus modality and position embeddings;
+* for each item one modality is picked and a fraction ``mask_ratio`` of its chunks is replaced by a
+  learned mask token; the transformer sees the rest of that modality and all other modalities and
+  must regress the masked chunks (``L_ICA``: MSE on masked chunks — the L_MIM + L_MLM analogue);
+* ``h_enc`` = mean over the output tokens, projected to ``output_dim``.
+
+Missing modality rows (``item_feature_mask`` False) are never used as regression targets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+
+class ICAEncoder(nn.Module):
+    def __init__(self, dims: dict, hidden: int = 64, tokens_per_modality: int = 8, n_layers: int = 2,
+                 n_heads: int = 4, output_dim: int = 64, dropout: float = 0.1):
+        super().__init__()
+        self.names = list(dims)
+        self.T = tokens_per_modality
+        self.chunk = {m: math.ceil(d / tokens_per_modality) for m, d in dims.items()}
+        self.embed = nn.ModuleDict({m: nn.Linear(self.chunk[m], hidden) for m in self.names})
+        self.decode = nn.ModuleDict({m: nn.Linear(hidden, self.chunk[m]) for m in self.names})
+        self.modality_emb = nn.Parameter(torch.randn(len(self.names), 1, hidden) * 0.02)
+        self.position_emb = nn.Parameter(torch.randn(1, tokens_per_modality, hidden) * 0.02)
+        self.mask_token = nn.Parameter(torch.zeros(hidden))
+        layer = nn.TransformerEncoderLayer(hidden, n_heads, dim_feedforward=2 * hidden, dropout=dropout,
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, output_dim)
+
+    def chunks(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``(B, d)`` -> ``(B, T, chunk)`` (zero-padded), the regression targets.
+
+        Inputs are L2-normalised once, before training (:func:`pretrain_ica`), not here: a per-call
+        norm would let a masked chunk's magnitude leak into every other token of its modality.
+        """
+        x = x.float()
+        pad = self.chunk[name] * self.T - x.shape[1]
+        return F.pad(x, (0, pad)).view(x.shape[0], self.T, self.chunk[name])
+
+    def tokens(self, inputs: dict, token_mask: torch.Tensor = None):
+        """Token sequence ``(B, M*T, hidden)`` and the per-modality targets."""
+        seqs, targets = [], {}
+        for j, m in enumerate(self.names):
+            targets[m] = self.chunks(m, inputs[m])
+            seqs.append(self.embed[m](targets[m]) + self.modality_emb[j] + self.position_emb)
+        seq = torch.cat(seqs, dim=1)
+        if token_mask is not None:
+            seq = torch.where(token_mask.unsqueeze(-1), self.mask_token.expand_as(seq), seq)
+        return seq, targets
+
+    def forward(self, inputs: dict, token_mask: torch.Tensor = None):
+        seq, targets = self.tokens(inputs, token_mask)
+        hidden = self.norm(self.transformer(seq))
+        return hidden, targets
+
+    def encode(self, inputs: dict) -> torch.Tensor:
+        hidden, _ = self.forward(inputs)
+        return self.out(hidden.mean(1))
+
+    def masked_loss(self, inputs: dict, present: dict, mask_ratio: float, generator=None) -> torch.Tensor:
+        """``L_ICA`` for a batch: regress the masked chunks of one random modality per item."""
+        B, M, T = next(iter(inputs.values())).shape[0], len(self.names), self.T
+        device = self.mask_token.device
+        # only modalities the item really has can be masked and predicted
+        has = torch.stack([present[m] for m in self.names], dim=1).float() + 1e-6
+        target_mod = torch.multinomial(has, 1, generator=generator).view(-1)
+        n_mask = max(1, int(round(mask_ratio * T)))
+        scores = torch.rand(B, T, generator=generator, device=device)
+        masked_pos = scores.argsort(dim=1)[:, :n_mask]
+        token_mask = torch.zeros(B, M, T, dtype=torch.bool, device=device)
+        token_mask[torch.arange(B).unsqueeze(1), target_mod.unsqueeze(1), masked_pos] = True
+        token_mask = token_mask.view(B, M * T)
+        hidden, targets = self.forward(inputs, token_mask)
+        loss, count = 0.0, 0
+        for j, m in enumerate(self.names):
+            sel = token_mask.view(B, M, T)[:, j] & present[m].unsqueeze(1)
+            if sel.any():
+                pred = self.decode[m](hidden[:, j * T:(j + 1) * T][sel])
+                loss = loss + F.mse_loss(pred, targets[m][sel], reduction="sum") / self.chunk[m]
+                count += int(sel.sum())
+        return loss / max(count, 1)
+
+
+def pretrain_ica(features: dict, present: dict, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
+                 mask_ratio: float = 0.5, seed: int = 2020, show_progress: bool = True, device: str = "cpu",
+                 **encoder_kwargs):
+    """Train an :class:`ICAEncoder` on ``features`` (``{name: (n, d)}``, rows = items) and return
+    ``(encoder, fused (n, output_dim) float32 numpy array, per-epoch losses)``."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    names = list(features)
+    features = {m: F.normalize(features[m].float(), dim=1) for m in names}
+    n = next(iter(features.values())).shape[0]
+    encoder = ICAEncoder({m: features[m].shape[1] for m in names}, **encoder_kwargs).to(device)
+    optimiser = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.01)
+    losses = []
+    bar = tqdm(range(epochs), desc="ICA pre-training", disable=not show_progress)
+    for _ in bar:
+        encoder.train()
+        order = torch.randperm(n, generator=gen)
+        total, batches = 0.0, 0
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            batch = {m: features[m][idx].to(device) for m in names}
+            mask = {m: present[m][idx].to(device) for m in names}
+            loss = encoder.masked_loss(batch, mask, mask_ratio, generator=None)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total, batches = total + float(loss), batches + 1
+        losses.append(total / max(batches, 1))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    encoder.eval()
+    with torch.no_grad():
+        fused = torch.cat([
+            encoder.encode({m: features[m][start:start + 1024].to(device) for m in names}).cpu()
+            for start in range(0, n, 1024)
+        ])
+    return encoder, fused.numpy().astype(np.float32), losses

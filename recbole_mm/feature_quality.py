@@ -2,7 +2,7 @@
 recommendation, judged without training a recommender?
 
     python -m recbole_mm.feature_quality --dataset NAME --data_path DIR [--features MOD ...]
-        [--k 10] [--out OUT.md] [--key=value ...]
+        [--add fused=fused_feat.npy] [--k 10] [--out OUT.md] [--key=value ...]
 
 For every feature set — each modality alone, all modalities concatenated (each L2-normalised),
 and, with two or more modalities, all-but-one ("masked") — on the dataset's test split:
@@ -99,13 +99,18 @@ def feature_sets(item_features: dict, selected=None) -> dict:
     return sets
 
 
-def run(dataset_name: str, data_path: str, features=None, k: int = 10, overrides=None) -> str:
+def run(dataset_name: str, data_path: str, features=None, k: int = 10, overrides=None, extra=None) -> str:
     from recbole_mm.config import Config
     from recbole_mm.data import create_dataset
 
     config_dict = {"data_path": data_path, "state": "WARNING", **(overrides or {})}
     config = Config("BPR", dataset_name, config_dict=config_dict)
     dataset = create_dataset(config)
+    if extra:  # extra feature files, e.g. AlignRec's stage-1 output: {name: path}
+        from recbole_mm.data.features import parse_modalities
+
+        for spec in parse_modalities(extra, dataset.dataset_path):
+            dataset.load_modality(spec)
     train, valid, test = dataset.build()
     n_users, n_items = dataset.user_num, dataset.item_num
     train_R = _user_matrix(train, n_users, n_items)
@@ -134,9 +139,12 @@ def main(argv=None):
     parser.add_argument("--features", nargs="+", default=None, help="modalities to score (default: all)")
     parser.add_argument("--k", type=int, default=10, help="neighbours of the item-CF KNN graph")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
+    parser.add_argument("--add", nargs="+", default=[], metavar="NAME=FILE",
+                        help="score extra feature files too (path relative to the dataset folder), e.g. fused=fused_feat.npy")
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     overrides = dict(item[2:].split("=", 1) for item in extra if item.startswith("--") and "=" in item)
-    table = run(args.dataset, args.data_path, args.features, args.k, overrides)
+    extra = dict(item.split("=", 1) for item in args.add)
+    table = run(args.dataset, args.data_path, args.features, args.k, overrides, extra)
     if args.out:
         from recbole_mm.io import atomic_write_text
 

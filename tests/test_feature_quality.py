@@ -48,9 +48,11 @@ def test_informative_features_beat_noise(tmp_path):
     np.save(raw / "good_feat.npy", good)
     np.save(raw / "noise_feat.npy", rng.standard_normal((n_items, 8)).astype(np.float32))
     convert(str(raw), str(tmp_path / "data"))
-    table = run("clu", str(tmp_path / "data"), k=5)
+    np.save(tmp_path / "data" / "clu" / "extra.npy", good)
+    table = run("clu", str(tmp_path / "data"), k=5, extra={"copy": "extra.npy"})
     rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): float(line.strip("|").split("|")[3])
             for line in table.splitlines() if line.startswith("| ") and "features" not in line}
     assert rows[("good", "zero-shot")] > 2 * rows[("noise", "zero-shot")]
     assert rows[("good", "item-CF")] > 2 * rows[("noise", "item-CF")]
-    assert ("concat(good+noise)", "zero-shot") in rows
+    assert ("concat(good+noise+copy)", "zero-shot") in rows and ("masked -noise", "item-CF") in rows
+    assert rows[("copy", "zero-shot")] == rows[("good", "zero-shot")]  # an added file is scored like a modality

@@ -72,3 +72,28 @@ def test_similarity_preserving_loss_by_hand_and_stop_gradient():
     assert h.grad is not None and ref.grad is None
     same = torch.tensor([[3.0, 4.0], [1.0, 2.0]])
     assert loss.similarity_preserving_loss(same, 2 * same).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sinusoidal_encoding_values():
+    pe = layers.sinusoidal_encoding(torch.tensor([0, 1, 5]), 6)
+    assert pe.shape == (3, 6)
+    torch.testing.assert_close(pe[0], torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))
+    for j in range(3):
+        freq = 10000 ** (-2 * j / 6)
+        assert pe[2, 2 * j].item() == pytest.approx(math.sin(5 * freq), abs=1e-6)
+        assert pe[2, 2 * j + 1].item() == pytest.approx(math.cos(5 * freq), abs=1e-6)
+    assert layers.sinusoidal_encoding(torch.arange(4), 5).shape == (4, 5)  # odd sizes work
+
+
+def test_sampled_attention():
+    att = layers.SampledAttention(4, alpha=0.5)
+    users, items = torch.randn(3, 4), torch.randn(3, 5, 4)
+    out = att(users, items)
+    assert out.shape == (3, 4)
+    att.alpha = 0.0
+    torch.testing.assert_close(att(users, items), users)
+    # the update is a convex combination of the keys of the user's own slot and its samples
+    att.alpha = 1.0
+    K = att.k(torch.cat([users.unsqueeze(1), items], 1))
+    w = torch.softmax((att.q(users).unsqueeze(1) @ K.transpose(1, 2)) * 0.5, -1)
+    torch.testing.assert_close(att(users, items) - users, (w @ K).squeeze(1))

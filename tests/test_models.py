@@ -10,7 +10,7 @@ from recbole_mm.quick_start import run_recbole_mm
 from recbole_mm.utils import get_model
 from tests.conftest import FAST, make_mmrec_folder
 
-GRAPH_MODELS = ["LATTICE", "FREEDOM", "BM3", "MGCN", "LGMRec", "AlignRec"]
+GRAPH_MODELS = ["LATTICE", "FREEDOM", "BM3", "MGCN", "LGMRec", "AlignRec", "USERec"]
 
 
 def _build(model_name, data_path, name, **overrides):
@@ -141,3 +141,30 @@ def test_alignrec_uses_fused_modality_when_present(tiny_dataset):
     torch.testing.assert_close(m.h_enc, m.modality_feature("text"))
     _, fallback, _ = _build("AlignRec", data_path, name, encoder_modality="fused")
     assert fallback.h_enc.shape[1] == 8 + 6  # normalised concatenation of image and text
+
+
+@pytest.mark.parametrize("switch", [{}, {"prune": False}, {"user_pe": False}, {"item_pe": True},
+                                    {"behaviour_graph": False}, {"sampled_attention": False}])
+def test_userec_ablation_switches(tiny_dataset, run_config, switch):
+    data_path, name = tiny_dataset
+    result = run_recbole_mm("USERec", name, config_dict=dict(run_config, data_path=data_path, epochs=1, **switch),
+                            print_result=False)
+    assert 0 <= result["test_result"]["recall@20"] <= 1
+
+
+def test_userec_prunes_for_training_only(tiny_dataset):
+    data_path, name = tiny_dataset
+    _, m, _ = _build("USERec", data_path, name, keep_ratio=0.3)
+    m.train()
+    m.pre_epoch_processing()
+    import math
+
+    assert m.train_adj.csr.values().numel() == 2 * math.ceil(0.3 * len(m.train_users))
+    m.eval()
+    users = Interaction({"user_id": torch.tensor([1, 2])})
+    before = m.full_sort_predict(users)
+    m.pre_epoch_processing()
+    m.eval()
+    torch.testing.assert_close(before, m.full_sort_predict(users))
+    # positional codes: users get them, items do not (by default)
+    assert m.user_pe and not m.item_pe and m.user_code.shape == (m.n_users, m.embedding_size)

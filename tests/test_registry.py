@@ -27,7 +27,7 @@ def test_unknown_model_lists_available():
 
 def test_plugin_models_come_first():
     names = model_names()
-    plugin = ["AlignRec", "BM3", "FREEDOM", "LATTICE", "LGMRec", "MGCN", "VBPR"]
+    plugin = ["AlignRec", "BM3", "FREEDOM", "LATTICE", "LGMRec", "MGCN", "USERec", "VBPR"]
     assert names[: len(plugin)] == plugin and "LightGCN" in names[len(plugin):]
 
 

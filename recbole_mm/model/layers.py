@@ -138,3 +138,38 @@ class Fusion(nn.Module):
         weights = torch.softmax(self.query(torch.tanh(self.key(stacked))), dim=1)  # (N, M, 1)
         self.last_weights = weights.detach().squeeze(-1)
         return (weights * stacked).sum(1)
+
+
+def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed positional code (Vaswani et al. 2017; USERec's user encoding):
+    ``PE(p, 2j) = sin(p / 10000^(2j/d))``, ``PE(p, 2j+1) = cos(p / 10000^(2j/d))``."""
+    positions = positions.float().unsqueeze(1)
+    j = torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device)
+    angles = positions * torch.pow(10000.0, -j / dim)
+    pe = torch.zeros(positions.shape[0], dim, device=positions.device)
+    pe[:, 0::2] = torch.sin(angles)
+    pe[:, 1::2] = torch.cos(angles)[:, : dim // 2]
+    return pe
+
+
+class SampledAttention(nn.Module):
+    """USERec's random-sampling attention: each user attends over itself and ``C`` sampled items.
+
+    ``G = [h_u; h_i1..h_iC]``, ``Q = G W_Q``, ``K = G W_K``, ``V = K``,
+    ``G' = G + alpha softmax(Q K^T / sqrt(d)) V``; the user's slot of ``G'`` is returned.
+    Vectorised over the batch with ``bmm``.
+    """
+
+    def __init__(self, dim: int, alpha: float):
+        super().__init__()
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.alpha = alpha
+        self.scale = dim ** -0.5
+
+    def forward(self, users: torch.Tensor, sampled_items: torch.Tensor) -> torch.Tensor:
+        """``users`` (B, d), ``sampled_items`` (B, C, d) -> updated users (B, d)."""
+        G = torch.cat([users.unsqueeze(1), sampled_items], dim=1)
+        K = self.k(G)
+        attn = torch.softmax(torch.bmm(self.q(G[:, :1]), K.transpose(1, 2)) * self.scale, dim=-1)  # user row
+        return users + self.alpha * torch.bmm(attn, K).squeeze(1)

@@ -92,7 +92,8 @@ class MultimodalDataset(Dataset):
         coverage = present[1:].mean() if len(present) > 1 else 0.0
         self.logger.info(
             set_color("modality", "blue")
-            + f" [{spec.name}]: {matrix.shape[1]}-d from {spec.path}, coverage {coverage:.1%} of {len(present) - 1} items"
+            + f" [{spec.name}]: {matrix.shape[1]}-d from {spec.path}, "
+            + f"coverage {coverage:.1%} of {len(present) - 1} items"
         )
 
     # -- helpers for models ----------------------------------------------------------------

@@ -24,7 +24,9 @@ from recbole_mm.io import atomic_save_npy, write_ids
 def cache_root(config=None) -> str:
     configured = config["mm_cache_dir"] if config is not None else None
     return os.path.abspath(
-        configured or os.environ.get("RECBOLE_MM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "recbole_mm")
+        configured
+        or os.environ.get("RECBOLE_MM_CACHE")
+        or os.path.join(os.path.expanduser("~"), ".cache", "recbole_mm")
     )
 
 

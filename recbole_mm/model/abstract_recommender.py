@@ -50,6 +50,11 @@ class MultimodalRecommender(GeneralRecommender):
             self._eval_cache = compute()
         return self._eval_cache
 
+    def load_hparams(self, config, *keys) -> None:
+        """``self.<key> = config[key]`` for each key (the model's yaml names are its attribute names)."""
+        for key in keys:
+            setattr(self, key, config[key])
+
     # -- ID embeddings and scoring ----------------------------------------------------------------
     def init_id_embeddings(self, dim: int) -> None:
         """``user_embedding`` / ``item_embedding`` tables, Xavier-uniform initialised."""

@@ -36,13 +36,8 @@ class AlignRec(MultimodalRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size = config["embedding_size"]
-        self.n_ui_layers = config["n_ui_layers"]
-        self.n_mm_layers = config["n_mm_layers"]
-        self.reg_weight = config["reg_weight"]
-        self.cca_weight = config["cca_weight"]
-        self.uia_weight = config["uia_weight"]
-        self.sim_weight = config["sim_weight"]
-        self.cca_temperature = config["cca_temperature"]
+        self.load_hparams(config, "n_ui_layers", "n_mm_layers", "reg_weight", "cca_weight", "uia_weight", "sim_weight",
+                          "cca_temperature")
 
         self.init_id_embeddings(d)
         h_enc = self.encoder_features(config["encoder_modality"])

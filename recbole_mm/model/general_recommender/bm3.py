@@ -25,11 +25,7 @@ class BM3(MultimodalRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.embedding_size = config["embedding_size"]
-        self.n_layers = config["n_layers"]
-        self.reg_weight = config["reg_weight"]
-        self.cl_weight = config["cl_weight"]
-        self.dropout = config["dropout"]
+        self.load_hparams(config, "embedding_size", "n_layers", "reg_weight", "cl_weight", "dropout")
 
         self.init_id_embeddings(self.embedding_size)
         self.features = self.feature_tables(trainable=config["train_features"])

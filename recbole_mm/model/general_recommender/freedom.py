@@ -32,11 +32,7 @@ class FREEDOM(MultimodalRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.embedding_size = config["embedding_size"]
-        self.n_ui_layers = config["n_ui_layers"]
-        self.n_mm_layers = config["n_mm_layers"]
-        self.reg_weight = config["reg_weight"]
-        self.edge_prune_ratio = config["edge_prune_ratio"]
+        self.load_hparams(config, "embedding_size", "n_ui_layers", "n_mm_layers", "reg_weight", "edge_prune_ratio")
 
         self.init_id_embeddings(self.embedding_size)
         self.features = self.feature_tables(trainable=config["train_features"])

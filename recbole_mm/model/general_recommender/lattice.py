@@ -36,12 +36,7 @@ class LATTICE(MultimodalRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.embedding_size = config["embedding_size"]
-        self.knn_k = config["knn_k"]
-        self.lambda_coeff = config["lambda_coeff"]
-        self.n_layers = config["n_layers"]
-        self.n_ui_layers = config["n_ui_layers"]
-        self.reg_weight = config["reg_weight"]
+        self.load_hparams(config, "embedding_size", "knn_k", "lambda_coeff", "n_layers", "n_ui_layers", "reg_weight")
 
         self.init_id_embeddings(self.embedding_size)
         self.features = self.feature_tables(trainable=config["train_features"])

@@ -34,12 +34,7 @@ class LGMRec(MultimodalRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size = config["embedding_size"]
-        self.n_ui_layers = config["n_ui_layers"]
-        self.n_mm_layers = config["n_mm_layers"]
-        self.n_hyper_layer = config["n_hyper_layer"]
-        self.alpha = config["alpha"]
-        self.cl_weight = config["cl_weight"]
-        self.reg_weight = config["reg_weight"]
+        self.load_hparams(config, "n_ui_layers", "n_mm_layers", "n_hyper_layer", "alpha", "cl_weight", "reg_weight")
         self.tau = config["hyper_temperature"]
 
         self.init_id_embeddings(d)

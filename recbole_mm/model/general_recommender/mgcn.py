@@ -36,11 +36,7 @@ class MGCN(MultimodalRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size = config["embedding_size"]
-        self.n_ui_layers = config["n_ui_layers"]
-        self.n_layers = config["n_layers"]
-        self.reg_weight = config["reg_weight"]
-        self.cl_weight = config["cl_weight"]
-        self.cl_temperature = config["cl_temperature"]
+        self.load_hparams(config, "n_ui_layers", "n_layers", "reg_weight", "cl_weight", "cl_temperature")
 
         self.init_id_embeddings(d)
         self.features = self.feature_tables(trainable=config["train_features"])

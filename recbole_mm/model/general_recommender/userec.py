@@ -43,10 +43,9 @@ class USERec(MultimodalRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size = config["embedding_size"]
-        for key in ("n_ui_layers", "n_ii_layers", "reg_weight", "cl_weight", "cl_dropout", "cl_temperature",
-                    "user_pe", "item_pe", "prune", "keep_ratio", "behaviour_graph", "sampled_attention",
-                    "n_samples"):
-            setattr(self, key, config[key])
+        self.load_hparams(config, "n_ui_layers", "n_ii_layers", "reg_weight", "cl_weight", "cl_dropout",
+                          "cl_temperature", "user_pe", "item_pe", "prune", "keep_ratio", "behaviour_graph",
+                          "sampled_attention", "n_samples")
         self.init_id_embeddings(d)
         self.register_buffer("user_code", sinusoidal_encoding(torch.arange(self.n_users), d), persistent=False)
         self.register_buffer("item_code", sinusoidal_encoding(torch.arange(self.n_items), d), persistent=False)

@@ -84,8 +84,11 @@ def artist_tag_text(raw_dir: str) -> pd.Series:
     unknown = ~pd.Index(tag_ids).isin(values.index)
     if unknown.any():
         row = int(np.flatnonzero(unknown)[0])
-        raise ConversionError(f"{assign_path}: field 'tagID' row {row + 1}: unknown tag id {tag_ids[row]} (not in {tags_path})")
-    pairs = pd.DataFrame({"a": check_integer_column(assign, "artistID", assign_path), "t": values.loc[tag_ids].to_numpy()})
+        raise ConversionError(
+            f"{assign_path}: field 'tagID' row {row + 1}: unknown tag id {tag_ids[row]} (not in {tags_path})"
+        )
+    artists = check_integer_column(assign, "artistID", assign_path)
+    pairs = pd.DataFrame({"a": artists, "t": values.loc[tag_ids].to_numpy()})
     pairs = pairs.drop_duplicates().sort_values(["a", "t"])
     return pairs.groupby("a")["t"].agg(",".join)
 

@@ -140,7 +140,8 @@ def main(argv=None):
     parser.add_argument("--k", type=int, default=10, help="neighbours of the item-CF KNN graph")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     parser.add_argument("--add", nargs="+", default=[], metavar="NAME=FILE",
-                        help="also score these feature files (relative to the dataset folder), e.g. fused=fused_feat.npy")
+                        help="also score these feature files (relative to the dataset folder), "
+                             "e.g. fused=fused_feat.npy")
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     overrides = dict(item[2:].split("=", 1) for item in extra if item.startswith("--") and "=" in item)
     extra = dict(item.split("=", 1) for item in args.add)

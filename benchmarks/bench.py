@@ -3,6 +3,10 @@
     python benchmarks/bench.py --dataset NAME --data_path DIR --models M1 M2 ... [--epochs N]
                                [--seeds K] [--out OUT] [--threads T] [--key=value ...]
 
+A model may carry its own overrides, for ablation tables:
+``--models USERec USERec:prune=False USERec:user_pe=False,item_pe=True`` (the row is labelled
+with the whole spec).
+
 Each (model, seed) trains in its own subprocess (so peak RSS is that run's own) with the yaml
 defaults plus the ``--key=value`` overrides, early-stopping on valid Recall@20. Writes
 ``OUT/results.csv`` (one row per model and seed: model, seed, best_epoch, recall@10, recall@20,
@@ -83,21 +87,32 @@ def _worker(spec: dict) -> dict:
     }
 
 
-def run_one(args, overrides, model: str, seed: int) -> dict:
+def parse_model_spec(spec: str):
+    """``"USERec:prune=False,n_samples=3"`` -> ``("USERec", {"prune": "False", "n_samples": "3"})``."""
+    name, _, rest = spec.partition(":")
+    extra = dict(item.split("=", 1) for item in rest.split(",") if item) if rest else {}
+    return name, extra
+
+
+def run_one(args, overrides, model_spec: str, seed: int) -> dict:
+    model, extra = parse_model_spec(model_spec)
+    overrides = {**overrides, **extra}
     spec = {"model": model, "seed": seed, "dataset": args.dataset, "data_path": os.path.abspath(args.data_path),
             "epochs": args.epochs, "threads": args.threads, "overrides": overrides,
             "checkpoint_dir": os.path.abspath(os.path.join(args.out, "saved"))}
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    log_path = os.path.join(args.out, f"{model}-{seed}.log")
+    log_path = os.path.join(args.out, f"{model_spec.replace(':', '_').replace(',', '_')}-{seed}.log")
     with open(log_path, "w") as log:
         proc = subprocess.run([sys.executable, __file__, "--_worker", json.dumps(spec)], stdout=subprocess.PIPE,
                               stderr=log, text=True, timeout=args.timeout, cwd=args.out, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{model} (seed {seed}) failed with exit code {proc.returncode}; see {log_path}")
-    return json.loads(lines[-1][len("BENCH_RESULT "):])
+        raise RuntimeError(f"{model_spec} (seed {seed}) failed with exit code {proc.returncode}; see {log_path}")
+    result = json.loads(lines[-1][len("BENCH_RESULT "):])
+    result["model"] = model_spec
+    return result
 
 
 def _fmt(value, column):

@@ -12,7 +12,7 @@ def test_bench_writes_csv_markdown_and_curves(tiny_dataset, tmp_path):
     data_path, name = tiny_dataset
     out = tmp_path / "bench"
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--dataset", name, "--data_path", data_path,
-           "--models", "VBPR", "BPR", "--epochs", "2", "--seeds", "2", "--out", str(out), "--threads", "1",
+           "--models", "VBPR", "BPR", "VBPR:use_bias=False", "--epochs", "2", "--seeds", "2", "--out", str(out), "--threads", "1",
            "--embedding_size=8", "--feature_embedding_size=8", "--train_batch_size=64"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -21,7 +21,8 @@ def test_bench_writes_csv_markdown_and_curves(tiny_dataset, tmp_path):
     assert list(rows[0]) == ["model", "seed", "best_epoch", "recall@10", "recall@20", "ndcg@10", "ndcg@20",
                              "train_s_per_epoch", "eval_s", "peak_rss_mb", "wall_s"]
     assert [(r["model"], r["seed"]) for r in rows] == [("VBPR", "2020"), ("VBPR", "2021"), ("BPR", "2020"),
-                                                        ("BPR", "2021")]
+                                                        ("BPR", "2021"), ("VBPR:use_bias=False", "2020"),
+                                                        ("VBPR:use_bias=False", "2021")]
     for r in rows:
         assert 0 <= float(r["recall@20"]) <= 1 and float(r["peak_rss_mb"]) > 50 and int(r["best_epoch"]) in (0, 1)
     md = (out / "results.md").read_text()

@@ -173,20 +173,23 @@ def main(argv=None):
     args, overrides = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     rows = []
+    csv_path, jsonl_path = os.path.join(args.out, "results.csv"), os.path.join(args.out, "runs.jsonl")
+    with open(csv_path, "w", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=COLUMNS).writeheader()
+    open(jsonl_path, "w").close()
     for model in args.models:
         for k in range(args.seeds):
             seed = BASE_SEED + k
             print(f"running {model} seed {seed} ...", file=sys.stderr, flush=True)
-            rows.append(run_one(args, overrides, model, seed))
-            print(f"  test recall@20 {rows[-1]['recall@20']:.4f}, {rows[-1]['train_s_per_epoch']:.2f} s/epoch, "
-                  f"best epoch {rows[-1]['best_epoch']}", file=sys.stderr, flush=True)
-    with open(os.path.join(args.out, "results.csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(args.out, "runs.jsonl"), "w") as fh:
-        for r in rows:
-            fh.write(json.dumps(r) + "\n")
+            row = run_one(args, overrides, model, seed)
+            rows.append(row)
+            # rows are appended as runs finish: a long benchmark that dies keeps what it measured
+            with open(csv_path, "a", newline="") as fh:
+                csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore").writerow(row)
+            with open(jsonl_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(f"  test recall@20 {row['recall@20']:.4f}, {row['train_s_per_epoch']:.2f} s/epoch, "
+                  f"best epoch {row['best_epoch']}", file=sys.stderr, flush=True)
     extra = " ".join(f"--{k}={v}" for k, v in overrides.items())
     title = f"{args.dataset}: test metrics (best valid Recall@20 epoch)"
     command = "python benchmarks/bench.py " + " ".join(argv)

@@ -112,6 +112,18 @@ class MultimodalRecommender(GeneralRecommender):
             for name in self.modalities
         })
 
+    def project_rows(self, projector, tables: nn.ModuleDict, items: torch.Tensor) -> dict:
+        """``{modality: projector(features)[items]}`` computed the cheaper way.
+
+        Only the batch's items enter such loss terms, so projecting just their rows gives the same
+        values and gradients as projecting the whole catalogue and indexing; which costs less
+        depends on whether the batch or the catalogue is larger.
+        """
+        if len(items) < self.n_items:
+            return projector({m: tables[m](items) for m in tables})
+        full = projector({m: tables[m].weight for m in tables})
+        return {m: f[items] for m, f in full.items()}
+
     # -- graphs -------------------------------------------------------------------------------
     def norm_adj(self) -> torch.Tensor:
         """Symmetric-normalised user-item adjacency of the training interactions."""

@@ -45,8 +45,7 @@ class BM3(MultimodalRecommender):
     def calculate_loss(self, interaction):
         user, item = interaction[self.USER_ID], interaction[self.ITEM_ID]
         u_all, i_all = self.forward()
-        # only the batch's rows enter the loss: gather before the predictor/projections
-        feats = self.projector({m: self.features[m](item) for m in self.modalities})
+        feats = self.project_rows(self.projector, self.features, item)
         with torch.no_grad():  # target views: dropout on a stopped-gradient copy (Eq. 5)
             u_target = F.dropout(u_all[user], self.dropout)
             i_target = F.dropout(i_all[item], self.dropout)

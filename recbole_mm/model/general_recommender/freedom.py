@@ -70,10 +70,8 @@ class FREEDOM(MultimodalRecommender):
         u = users[user]
         loss = bpr_loss((u * items[pos]).sum(1), (u * items[neg]).sum(1))
         if self.reg_weight:
-            # only the batch's items enter Eq. 9, so project just those rows (same gradients as
-            # projecting the whole catalogue, without O(n_items) work per batch)
             both = torch.cat([pos, neg])
-            projected = self.projector({m: self.features[m](both) for m in self.modalities})
+            projected = self.project_rows(self.projector, self.features, both)
             for feats in projected.values():
                 f_pos, f_neg = feats.split(len(pos))
                 loss = loss + self.reg_weight * bpr_loss((u * f_pos).sum(1), (u * f_neg).sum(1))

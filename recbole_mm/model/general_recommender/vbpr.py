@@ -34,30 +34,40 @@ class VBPR(MultimodalRecommender):
         self.normalize_features = config["normalize_features"]
         self.use_bias = config["use_bias"]
 
-        feat_dim = sum(self.modality_dims().values())
+        # f_i is fixed: build the (normalised) concatenation once, not per batch
+        self.register_buffer("content", self.concat_features(normalize=self.normalize_features), persistent=False)
+        feat_dim = self.content.shape[1]
         self.user_gamma = nn.Embedding(self.n_users, self.embedding_size)
         self.user_theta = nn.Embedding(self.n_users, self.feature_embedding_size)
         self.item_gamma = nn.Embedding(self.n_items, self.embedding_size)
-        self.feature_proj = nn.Linear(feat_dim, self.feature_embedding_size, bias=False)  # E
+        # E and beta' share one pass over the (large) features: columns [E | beta']
+        self.feature_proj = nn.Linear(feat_dim, self.feature_embedding_size + 1, bias=False)
         self.item_bias = nn.Embedding(self.n_items, 1)  # beta_i
-        self.feature_bias = nn.Linear(feat_dim, 1, bias=False)  # beta'
         self.loss = BPRLoss()
         self.apply(xavier_normal_initialization)
         nn.init.zeros_(self.item_bias.weight)
-        nn.init.zeros_(self.feature_bias.weight)
-
-    def _features(self, items=None) -> torch.Tensor:
-        return self.concat_features(items, normalize=self.normalize_features)
+        with torch.no_grad():
+            self.feature_proj.weight[-1].zero_()  # beta' starts at 0, like beta_i
 
     def _item_side(self, items=None):
-        """Item factor ``[gamma_i ; E^T f_i]`` and bias ``beta_i + beta'^T f_i``."""
-        f = self._features(items)
-        gamma = self.item_gamma.weight if items is None else self.item_gamma(items)
-        factor = torch.cat([gamma, self.feature_proj(f)], dim=1)
-        if not self.use_bias:
-            return factor, torch.zeros(factor.shape[0], device=factor.device)
-        bias = (self.item_bias.weight if items is None else self.item_bias(items)).squeeze(1)
-        return factor, bias + self.feature_bias(f).squeeze(1)
+        """Item factor ``[gamma_i ; E^T f_i]`` and bias ``beta_i + beta'^T f_i``.
+
+        A batch repeats items, so the (costly, feature-sized) content part is computed once per
+        distinct item and scattered back.
+        """
+        if items is None:
+            f, gamma, bias = self.content, self.item_gamma.weight, self.item_bias.weight
+            inverse = None
+        else:
+            unique, inverse = torch.unique(items, return_inverse=True)
+            f, gamma, bias = self.content[unique], self.item_gamma(unique), self.item_bias(unique)
+        projected = self.feature_proj(f)
+        factor = torch.cat([gamma, projected[:, :-1]], dim=1)
+        total_bias = (bias.squeeze(1) + projected[:, -1]) if self.use_bias else \
+            torch.zeros(factor.shape[0], device=factor.device)
+        if inverse is not None:
+            factor, total_bias = factor[inverse], total_bias[inverse]
+        return factor, total_bias
 
     def _user_side(self, users):
         return torch.cat([self.user_gamma(users), self.user_theta(users)], dim=1)
@@ -66,10 +76,9 @@ class VBPR(MultimodalRecommender):
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
         u = self._user_side(users)
-        pos_f, pos_b = self._item_side(pos)
-        neg_f, neg_b = self._item_side(neg)
-        pos_score = (u * pos_f).sum(1) + pos_b
-        neg_score = (u * neg_f).sum(1) + neg_b
+        factor, bias = self._item_side(torch.cat([pos, neg]))
+        scores = (u.repeat(2, 1) * factor).sum(1) + bias
+        pos_score, neg_score = scores.split(len(pos))
         reg = l2_reg(u, self.item_gamma(pos), self.item_gamma(neg))
         return self.loss(pos_score, neg_score) + self.reg_weight * reg
 
@@ -80,5 +89,5 @@ class VBPR(MultimodalRecommender):
 
     def full_sort_predict(self, interaction):
         u = self._user_side(interaction[self.USER_ID])
-        factor, bias = self._item_side()
+        factor, bias = self.eval_cached(self._item_side)
         return (u @ factor.T + bias).view(-1)

@@ -47,9 +47,7 @@ def ranking_metrics(scores: torch.Tensor, positives: torch.Tensor, ks=TOPK) -> d
 
 
 def _user_matrix(dataset, n_users, n_items) -> torch.Tensor:
-    inter = dataset.inter_feat
-    u, i = inter[dataset.uid_field].long(), inter[dataset.iid_field].long()
-    return torch.sparse_coo_tensor(torch.stack([u, i]), torch.ones(len(u)), (n_users, n_items)).coalesce()
+    return graphs.user_item_matrix(*graphs.interaction_edges(dataset), n_users, n_items, normalization="none")
 
 
 def evaluate_features(features: torch.Tensor, train_R, exclude_R, test_R, k_neighbours: int = 10,
@@ -58,9 +56,8 @@ def evaluate_features(features: torch.Tensor, train_R, exclude_R, test_R, k_neig
     normed = F.normalize(features.float(), dim=1)
     normed[0] = 0
     user_profile = torch.sparse.mm(train_R, normed)  # sum of the user's items; cosine ignores the 1/n
-    knn = graphs.knn_graph(features[1:].float(), k_neighbours, normalization="none", weighted=True)
     n_items = features.shape[0]
-    St = torch.sparse_coo_tensor(knn.indices().flip(0) + 1, knn.values(), (n_items, n_items)).coalesce()
+    St = graphs.item_knn_graph(features, k_neighbours, normalization="none", weighted=True).t().coalesce()
     test = test_R.to_dense() > 0 if test_R.shape[0] * test_R.shape[1] <= 2e8 else None
     has_test = torch.zeros(test_R.shape[0], dtype=torch.bool)
     has_test[test_R.indices()[0]] = True

@@ -124,3 +124,10 @@ def test_cached_graph(tmp_path):
     third = graphs.cached_graph(str(tmp_path), "g", key, build)  # corrupt cache -> rebuilt
     assert len(calls) == 2 and torch.equal(third.to_dense(), first.to_dense())
     assert graphs.cached_graph(None, "g", key, build) is not None and len(calls) == 3
+
+
+def test_item_knn_graph_leaves_padding_out():
+    feats = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])  # row 0 = padding
+    G = dense(graphs.item_knn_graph(feats, 2, normalization="none"))
+    assert G.shape == (4, 4) and G[0].sum() == 0 and G[:, 0].sum() == 0
+    assert set(np.flatnonzero(G[1])) == {1, 2} and set(np.flatnonzero(G[3])) == {3, 2}

@@ -159,6 +159,14 @@ def knn_graph(features: torch.Tensor, k: int, normalization: str = "sym", weight
     return sparse(rows, cols, normalize_edges(rows, cols, values, n, mode=normalization), (n, n))
 
 
+def item_knn_graph(features: torch.Tensor, k: int, normalization: str = "sym", weighted: bool = False):
+    """:func:`knn_graph` over RecBole's item ids: row 0 (padding) takes no part, shape stays n x n."""
+    n = features.shape[0]
+    inner = knn_graph(features[1:].float(), k, normalization=normalization, weighted=weighted)
+    idx = inner.indices() + 1
+    return sparse(idx[0], idx[1], inner.values(), (n, n))
+
+
 def weighted_sum(graphs, weights) -> torch.Tensor:
     """``sum_m w_m S_m`` of same-shaped sparse graphs (FREEDOM Eq. 3 / LATTICE's modality mix)."""
     total = None
@@ -192,8 +200,7 @@ def co_interaction_graph(users, items, n_users, n_items, k: int, normalization: 
     parts = []
     for start in range(0, n_items, block_size):
         stop = min(start + block_size, n_items)
-        block = (RT[start:stop] @ R).tocsr()
-        block = block.tocoo()
+        block = (RT[start:stop] @ R).tocoo()
         off_diag = block.row + start != block.col
         block = sp.csr_matrix((block.data[off_diag], (block.row[off_diag], block.col[off_diag])), shape=block.shape)
         r, c, v = _topk_per_row(block, k)

@@ -16,6 +16,7 @@ from torch import nn
 from recbole.model.abstract_recommender import GeneralRecommender
 
 from recbole_mm.data import graphs
+from recbole_mm.model.layers import SparseOperator
 
 
 class MultimodalRecommender(GeneralRecommender):
@@ -87,19 +88,16 @@ class MultimodalRecommender(GeneralRecommender):
     def modality_dims(self) -> dict:
         return {name: self.modality_feature(name).shape[1] for name in self.modalities}
 
-    def concat_features(self, items=None, normalize: bool = False) -> torch.Tensor:
-        """All modalities side by side, ``(n_items or len(items), sum d)``.
+    def concat_features(self, normalize: bool = False) -> torch.Tensor:
+        """All modalities side by side, ``(n_items, sum d)``; each L2-normalised first if asked.
 
-        With ``normalize`` each modality is L2-normalised first, which keeps one large-scale
-        modality (e.g. raw CNN activations) from drowning the others in early fusion. Rows are
-        gathered before normalising, so a batch only pays for its own items.
+        Normalising per modality keeps one large-scale modality (e.g. raw CNN activations) from
+        drowning the others in early fusion.
         """
         feats = [self.modality_feature(n) for n in self.modalities]
-        if items is not None:
-            feats = [f[items] for f in feats]
         if normalize:
-            feats = [F.normalize(f, dim=-1) for f in feats]
-        return torch.cat(feats, dim=-1)
+            feats = [F.normalize(f, dim=1) for f in feats]
+        return torch.cat(feats, dim=1)
 
     def feature_tables(self, trainable: bool) -> nn.ModuleDict:
         """One ``nn.Embedding`` per modality initialised with its features.
@@ -143,12 +141,24 @@ class MultimodalRecommender(GeneralRecommender):
         features = features.detach().float().cpu()
 
         def build():
-            inner = graphs.knn_graph(features[1:], k, normalization=normalization, weighted=weighted)
-            idx = inner.indices() + 1
-            return graphs.sparse(idx[0], idx[1], inner.values(), (self.n_items, self.n_items))
+            return graphs.item_knn_graph(features, k, normalization=normalization, weighted=weighted)
 
         key = graphs.graph_cache_key([features], k=k, normalization=normalization, weighted=weighted, v=1)
         return graphs.cached_graph(self.graph_cache_dir(), "knn", key, build).to(self.device)
+
+    def mixed_knn_graph(self, k: int, configured_weights):
+        """``sum_m w_m S_m`` of the modalities' binary KNN graphs (FREEDOM Eq. 3-4; USERec), as an operator."""
+        weights = self.modality_weights(configured_weights)
+        mixed = graphs.weighted_sum([self.knn_graph(self.modality_feature(m), k) for m in self.modalities],
+                                    [weights[m] for m in self.modalities])
+        return SparseOperator(mixed).to(self.device)
+
+    def pruned_adj(self, keep_ratio: float):
+        """A fresh degree-sensitively pruned, re-normalised user-item graph (FREEDOM; USERec)."""
+        users, items = graphs.degree_sensitive_prune(self.train_users, self.train_items, self.n_users,
+                                                     self.n_items, keep_ratio)
+        pruned = graphs.bipartite_norm_adj(users, items, self.n_users, self.n_items)
+        return SparseOperator(pruned, symmetric=True).to(self.device)
 
     def modality_weights(self, configured) -> dict:
         """Per-modality weights from a ``{name: w}`` config (missing names share the rest equally)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from recbole.utils import InputType
 
-from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
 from recbole_mm.model.layers import (
     ModalityProjector,
@@ -38,11 +37,7 @@ class FREEDOM(MultimodalRecommender):
         self.features = self.feature_tables(trainable=config["train_features"])
         self.projector = ModalityProjector(self.modality_dims(), self.embedding_size)
 
-        weights = self.modality_weights(config["modality_weights"])
-        self.mm_graph = SparseOperator(graphs.weighted_sum(
-            [self.knn_graph(self.modality_feature(m), config["knn_k"]) for m in self.modalities],
-            [weights[m] for m in self.modalities],
-        )).to(self.device)
+        self.mm_graph = self.mixed_knn_graph(config["knn_k"], config["modality_weights"])
         self.full_adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
         self.train_adj = self.full_adj
 
@@ -51,11 +46,7 @@ class FREEDOM(MultimodalRecommender):
         if self.edge_prune_ratio <= 0:
             self.train_adj = self.full_adj
             return
-        users, items = graphs.degree_sensitive_prune(
-            self.train_users, self.train_items, self.n_users, self.n_items, 1.0 - self.edge_prune_ratio
-        )
-        pruned = graphs.bipartite_norm_adj(users, items, self.n_users, self.n_items)
-        self.train_adj = SparseOperator(pruned, symmetric=True).to(self.device)
+        self.train_adj = self.pruned_adj(1.0 - self.edge_prune_ratio)
 
     def forward(self, adj):
         h = propagate(self.mm_graph, self.item_embedding.weight, self.n_mm_layers)

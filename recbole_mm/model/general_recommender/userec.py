@@ -50,11 +50,7 @@ class USERec(MultimodalRecommender):
         self.register_buffer("user_code", sinusoidal_encoding(torch.arange(self.n_users), d), persistent=False)
         self.register_buffer("item_code", sinusoidal_encoding(torch.arange(self.n_items), d), persistent=False)
 
-        weights = self.modality_weights(config["modality_weights"])
-        self.sim_graph = SparseOperator(graphs.weighted_sum(
-            [self.knn_graph(self.modality_feature(m), config["knn_k"]) for m in self.modalities],
-            [weights[m] for m in self.modalities],
-        )).to(self.device)
+        self.sim_graph = self.mixed_knn_graph(config["knn_k"], config["modality_weights"])
         if self.behaviour_graph:
             hidden = config["modality_hidden"]
             self.projector = ModalityProjector(self.modality_dims(), hidden)
@@ -71,10 +67,7 @@ class USERec(MultimodalRecommender):
     def pre_epoch_processing(self):
         if not self.prune:
             return
-        users, items = graphs.degree_sensitive_prune(self.train_users, self.train_items, self.n_users,
-                                                     self.n_items, self.keep_ratio)
-        pruned = graphs.bipartite_norm_adj(users, items, self.n_users, self.n_items)
-        self.train_adj = SparseOperator(pruned, symmetric=True).to(self.device)
+        self.train_adj = self.pruned_adj(self.keep_ratio)
 
     def propagate_all(self, adj):
         """Graph part: ``(users (n_users, d), items (n_items, d))`` before sampled attention."""

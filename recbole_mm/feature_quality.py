@@ -5,7 +5,8 @@ recommendation, judged without training a recommender?
         [--add fused=fused_feat.npy] [--k 10] [--out OUT.md] [--key=value ...]
 
 For every feature set — each modality alone, all modalities concatenated (each L2-normalised),
-and, with two or more modalities, all-but-one ("masked") — on the dataset's test split:
+and, with three or more modalities (with two, masking one leaves the other alone), all-but-one
+("masked") — on the dataset's test split:
 
 * **zero-shot**: a user is the mean of the normalised features of their training items; items
   are ranked by cosine to it;

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from logging import getLogger
 
@@ -102,6 +103,11 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, saved
         return run_recbole_mm(model, dataset, config_file_list, config_dict, saved=saved)
     import torch.multiprocessing as mp
 
+    # RecBole's workers each create log/, log_tensorboard/ and the checkpoint folder with an
+    # exists-then-makedirs check, which races between processes; create them once here.
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    for folder in (os.path.join("log", config["model"]), "log_tensorboard", config["checkpoint_dir"]):
+        os.makedirs(folder, exist_ok=True)
     queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {})
     config_dict.update(

@@ -97,3 +97,29 @@ def test_sampled_attention():
     K = att.k(torch.cat([users.unsqueeze(1), items], 1))
     w = torch.softmax((att.q(users).unsqueeze(1) @ K.transpose(1, 2)) * 0.5, -1)
     torch.testing.assert_close(att(users, items) - users, (w @ K).squeeze(1))
+
+
+def test_edge_propagate_matches_dense_with_gradients():
+    # a learned 3-node graph with a duplicate edge (0,1) that must add up
+    rows, cols = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([1, 1, 2, 0, 2])
+    vals = torch.tensor([0.5, 0.25, 2.0, 1.0, -1.0], dtype=torch.float64, requires_grad=True)
+    h = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    dense = torch.zeros(3, 3, dtype=torch.float64).index_put((rows, cols), vals, accumulate=True)
+    expected = dense @ (dense @ h)
+    torch.testing.assert_close(layers.edge_propagate(rows, cols, vals, h, 2), expected)
+    torch.autograd.gradcheck(lambda v, x: layers.edge_propagate(rows, cols, v, x, 2), (vals, h))
+    # a fixed graph as SparseOperator gives the same product and input gradient
+    op = layers.SparseOperator(torch.sparse_coo_tensor(torch.stack([rows, cols]), vals.detach(), (3, 3)))
+    torch.testing.assert_close(layers.propagate(op, h, 2), expected)
+
+
+def test_projector_difference_is_exact_and_needs_linear():
+    torch.manual_seed(0)
+    proj = layers.ModalityProjector({"a": 5, "b": 3}, 4)
+    x = {"a": torch.randn(6, 5), "b": torch.randn(6, 3)}
+    y = {"a": torch.randn(6, 5), "b": torch.randn(6, 3)}
+    full_x, full_y, diff = proj(x), proj(y), proj.difference(x, y)
+    for m in x:
+        torch.testing.assert_close(diff[m], full_x[m] - full_y[m])
+    with pytest.raises(ValueError, match="linear"):
+        layers.ModalityProjector({"a": 5}, 4, activation="tanh").difference(x, y)

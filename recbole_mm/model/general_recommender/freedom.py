@@ -61,11 +61,12 @@ class FREEDOM(MultimodalRecommender):
         u = users[user]
         loss = bpr_loss((u * items[pos]).sum(1), (u * items[neg]).sum(1))
         if self.reg_weight:
-            both = torch.cat([pos, neg])
-            projected = self.project_rows(self.projector, self.features, both)
-            for feats in projected.values():
-                f_pos, f_neg = feats.split(len(pos))
-                loss = loss + self.reg_weight * bpr_loss((u * f_pos).sum(1), (u * f_neg).sum(1))
+            # Eq. 9's modality BPR terms need only u . P_m(f_pos - f_neg) (linear projection)
+            diffs = self.projector.difference({m: t(pos) for m, t in self.features.items()},
+                                              {m: t(neg) for m, t in self.features.items()})
+            for d in diffs.values():
+                score = (u * d).sum(1)
+                loss = loss + self.reg_weight * bpr_loss(score, torch.zeros_like(score))
         return loss
 
     def inference_embeddings(self):

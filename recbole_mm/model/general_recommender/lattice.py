@@ -25,6 +25,7 @@ from recbole_mm.model.layers import (
     ModalityProjector,
     SparseOperator,
     edge_propagate,
+    propagate,
     lightgcn_propagate,
     split_users_items,
 )
@@ -49,7 +50,7 @@ class LATTICE(MultimodalRecommender):
             g = self.knn_graph(self.modality_feature(m), self.knn_k, normalization="sym", weighted=True)
             self._initial.append((g.indices()[0], g.indices()[1], g.values()))
         self.adj = SparseOperator(self.norm_adj_rw()).to(self.device)
-        self._item_graph = None  # (rows, cols, values) of A; values detached after its first use
+        self._item_graph = None  # A as a fixed operator, rebuilt each epoch
         self._rebuild = True
 
     def norm_adj_rw(self):
@@ -84,16 +85,22 @@ class LATTICE(MultimodalRecommender):
         )
 
     def _graph(self):
+        """The epoch's first batch gets A as differentiable edges (gradient to the projections and
+        alpha, as in the official code); later batches reuse it as a fixed CSR operator."""
         if self._rebuild or self._item_graph is None:
             self._rebuild = False
-            self._item_graph = self.build_item_graph()
-            return self._item_graph
-        rows, cols, vals = self._item_graph
-        return rows, cols, vals.detach()
+            rows, cols, vals = self.build_item_graph()
+            coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals.detach(), (self.n_items, self.n_items))
+            self._item_graph = SparseOperator(coo)
+            return rows, cols, vals
+        return self._item_graph
 
     def forward(self):
-        rows, cols, vals = self._graph()
-        h = edge_propagate(rows, cols, vals, self.item_embedding.weight, self.n_layers)
+        graph = self._graph()
+        if isinstance(graph, SparseOperator):
+            h = propagate(graph, self.item_embedding.weight, self.n_layers)
+        else:
+            h = edge_propagate(*graph, self.item_embedding.weight, self.n_layers)
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         users, items = split_users_items(lightgcn_propagate(self.adj, ego, self.n_ui_layers), self.n_users)
         return users, items + F.normalize(h, dim=1)

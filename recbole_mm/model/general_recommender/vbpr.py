@@ -35,7 +35,10 @@ class VBPR(MultimodalRecommender):
         self.use_bias = config["use_bias"]
 
         # f_i is fixed: build the (normalised) concatenation once, not per batch
-        self.register_buffer("content", self.concat_features(normalize=self.normalize_features), persistent=False)
+        content = self.concat_features(normalize=self.normalize_features)
+        if config["feature_dtype"] == "bfloat16":
+            content = content.bfloat16()
+        self.register_buffer("content", content, persistent=False)
         feat_dim = self.content.shape[1]
         self.user_gamma = nn.Embedding(self.n_users, self.embedding_size)
         self.user_theta = nn.Embedding(self.n_users, self.feature_embedding_size)
@@ -73,14 +76,21 @@ class VBPR(MultimodalRecommender):
         return torch.cat([self.user_gamma(users), self.user_theta(users)], dim=1)
 
     def calculate_loss(self, interaction):
+        """BPR needs only ``x_ui - x_uj``. The model is linear in ``f``, so the content terms are
+        evaluated on ``f_i - f_j``: one feature-sized projection per triple (exact, and about half
+        the work of projecting both items)."""
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        u = self._user_side(users)
-        factor, bias = self._item_side(torch.cat([pos, neg]))
-        scores = (u.repeat(2, 1) * factor).sum(1) + bias
-        pos_score, neg_score = scores.split(len(pos))
-        reg = l2_reg(u, self.item_gamma(pos), self.item_gamma(neg))
-        return self.loss(pos_score, neg_score) + self.reg_weight * reg
+        gamma_u, theta_u = self.user_gamma(users), self.user_theta(users)
+        gamma_pos, gamma_neg = self.item_gamma(pos), self.item_gamma(neg)
+        f_diff = self.content.index_select(0, pos) - self.content.index_select(0, neg)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.content.dtype == torch.bfloat16):
+            projected = self.feature_proj(f_diff).float()  # [E^T (f_i - f_j) | beta'^T (f_i - f_j)]
+        diff = (gamma_u * (gamma_pos - gamma_neg)).sum(1) + (theta_u * projected[:, :-1]).sum(1)
+        if self.use_bias:
+            diff = diff + (self.item_bias(pos) - self.item_bias(neg)).squeeze(1) + projected[:, -1]
+        reg = l2_reg(torch.cat([gamma_u, theta_u], dim=1), gamma_pos, gamma_neg)
+        return self.loss(diff, torch.zeros_like(diff)) + self.reg_weight * reg
 
     def predict(self, interaction):
         u = self._user_side(interaction[self.USER_ID])

@@ -123,3 +123,28 @@ def test_fixed_split_and_test_mask(tiny_dataset, tiny_mmrec):
     with pytest.raises(ValueError, match="test_mask"):
         cfg = _config(data_path, name, test_mask="everything")
         data_preparation(cfg, create_dataset(cfg))
+
+
+def test_neighbour_policy_uses_training_interactions_only(tiny_dataset):
+    from recbole_mm.data.features import neighbour_impute
+
+    data_path, name = tiny_dataset
+    folder = f"{data_path}/{name}"
+    keep = np.arange(0, 60, 2)  # even item tokens have the modality
+    np.save(f"{folder}/half_feat.npy", np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32))
+    with open(f"{folder}/half_feat.ids", "w") as fh:
+        fh.write("".join(f"{i}\n" for i in keep))
+    cfg = _config(data_path, name, modalities={"half": "half_feat.npy"}, missing_modality="neighbour")
+    dataset = create_dataset(cfg)
+    placeholder = dataset.item_features["half"].clone()
+    train, _, _ = dataset.build()
+    feat, mask = dataset.item_features["half"].numpy(), dataset.item_feature_mask["half"].numpy()
+    assert (~mask[1:]).sum() == 30
+    # recompute from the training split alone: must match, and differ from the mean placeholder
+    expected, n_nb, _ = neighbour_impute(placeholder.numpy(), mask, train.inter_feat[train.uid_field].numpy(),
+                                         train.inter_feat[train.iid_field].numpy())
+    np.testing.assert_allclose(feat, expected, rtol=1e-5)
+    assert n_nb > 0 and not np.allclose(feat[~mask][1:], placeholder.numpy()[~mask][1:])
+    np.testing.assert_array_equal(feat[mask], placeholder.numpy()[mask])
+    # split copies share the imputed features (what models are built from)
+    assert train.item_features["half"] is dataset.item_features["half"]

@@ -113,3 +113,20 @@ def test_missing_policy_error_names_items(tmp_path):
         fill_missing(aligned, np.array([False, True, False]), "error", _spec(tmp_path), np.array(["[PAD]", "a", "b"]))
     with pytest.raises(FeatureError, match="missing_modality"):
         fill_missing(aligned, np.array([False, True, False]), "median", _spec(tmp_path), np.array(["[PAD]", "a", "b"]))
+
+
+def test_neighbour_impute_by_hand():
+    from recbole_mm.data.features import neighbour_impute
+
+    # items 1..4 (0 = padding); item 3 lacks the modality, item 4 too and nobody co-interacted with it
+    feats = np.array([[0, 0], [1, 0], [0, 1], [0, 0], [0, 0]], dtype=np.float32)
+    present = np.array([False, True, True, False, False])
+    # user 0: items 1, 3; user 1: items 1, 2, 3; user 2: item 2 twice (a duplicate counts once); user 3: item 4
+    users = np.array([0, 0, 1, 1, 1, 2, 2, 3])
+    items = np.array([1, 3, 1, 2, 3, 2, 2, 4])
+    out, n_nb, n_mean = neighbour_impute(feats, present, users, items)
+    # c(3,1) = 2 users, c(3,2) = 1 user -> (2*[1,0] + 1*[0,1]) / 3; item 4 only meets itself -> mean of present
+    np.testing.assert_allclose(out[3], [2 / 3, 1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(out[4], [0.5, 0.5])
+    np.testing.assert_array_equal(out[:3], feats[:3])  # present rows and padding untouched
+    assert (n_nb, n_mean) == (1, 1)

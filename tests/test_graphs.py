@@ -131,3 +131,19 @@ def test_item_knn_graph_leaves_padding_out():
     G = dense(graphs.item_knn_graph(feats, 2, normalization="none"))
     assert G.shape == (4, 4) and G[0].sum() == 0 and G[:, 0].sum() == 0
     assert set(np.flatnonzero(G[1])) == {1, 2} and set(np.flatnonzero(G[3])) == {3, 2}
+
+
+@pytest.mark.parametrize("include_self", [True, False])
+def test_faiss_backend_matches_torch(include_self):
+    pytest.importorskip("faiss", reason="faiss-cpu is the optional KNN backend (in the dev extra)")
+    feats = torch.randn(300, 16, generator=torch.Generator().manual_seed(1))
+    t_cols, t_sims = graphs.knn_indices(feats, 5, include_self=include_self, backend="torch", block_size=37)
+    f_cols, f_sims = graphs.knn_indices(feats, 5, include_self=include_self, backend="faiss")
+    assert torch.equal(t_cols, f_cols)
+    torch.testing.assert_close(t_sims, f_sims, atol=1e-5, rtol=0)
+    if not include_self:
+        assert not (f_cols == torch.arange(300).unsqueeze(1)).any()
+    auto = graphs.knn_indices(feats, 5, backend="auto")[0]  # small n: torch
+    assert torch.equal(auto, graphs.knn_indices(feats, 5)[0])
+    with pytest.raises(ValueError, match="not one of"):
+        graphs.knn_indices(feats, 5, backend="annoy")

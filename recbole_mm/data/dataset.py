@@ -24,6 +24,7 @@ from recbole_mm.data.features import (
     FeatureError,
     align_to_items,
     fill_missing,
+    neighbour_impute,
     parse_modalities,
     read_feature_matrix,
     row_tokens_for,
@@ -95,6 +96,26 @@ class MultimodalDataset(Dataset):
             + f" [{spec.name}]: {matrix.shape[1]}-d from {spec.path}, "
             + f"coverage {coverage:.1%} of {len(present) - 1} items"
         )
+
+    def build(self):
+        """RecBole's split; then the ``neighbour`` missing-modality policy, which must only see
+        training interactions. Split datasets share ``item_features``, so all of them get it."""
+        built = super().build()
+        if (self.config["missing_modality"] or "mean") == "neighbour" and self.item_features:
+            train = built[0].inter_feat
+            users = train[self.uid_field].numpy()
+            items = train[self.iid_field].numpy()
+            for name, feat in self.item_features.items():
+                mask = self.item_feature_mask[name].numpy()
+                if mask[1:].all():
+                    continue
+                imputed, n_nb, n_mean = neighbour_impute(feat.numpy(), mask, users, items)
+                feat.copy_(torch.from_numpy(imputed))
+                self.logger.info(
+                    set_color("modality", "blue") + f" [{name}]: {n_nb} missing items imputed from co-interacted "
+                    f"training items, {n_mean} without any (cold) from the mean"
+                )
+        return built
 
     # -- helpers for models ----------------------------------------------------------------
     @property

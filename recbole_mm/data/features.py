@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-MISSING_POLICIES = ("mean", "zero", "error")
+MISSING_POLICIES = ("mean", "zero", "neighbour", "error")
 
 
 class FeatureError(ValueError):
@@ -173,10 +173,42 @@ def fill_missing(aligned: np.ndarray, present: np.ndarray, policy: str, spec: Mo
             f"modality '{spec.name}': {n_missing} items have no row in {spec.path} (e.g. item ids {examples}); "
             "set missing_modality: mean | zero to impute them"
         )
-    if policy == "mean" and present.any():
+    # "neighbour" needs the training interactions, known only once the dataset is split: the mean
+    # is a placeholder that MultimodalDataset.build() replaces (see neighbour_impute)
+    if policy in ("mean", "neighbour") and present.any():
         aligned[missing] = aligned[present].mean(axis=0)
     getLogger().warning(
         "modality '%s': %d of %d items have no row in %s; filled with %s",
         spec.name, n_missing, len(present) - 1, spec.path, policy,
     )
     return aligned
+
+
+def neighbour_impute(aligned: np.ndarray, present: np.ndarray, users: np.ndarray, items: np.ndarray):
+    """Impute items without a feature row from their co-interacted items (Malitesta et al., CIKM'24,
+    "Do We Really Need to Drop Items with Missing Modalities in Multimodal Recommendation?").
+
+    A missing item ``i`` gets ``sum_j c_ij f_j / sum_j c_ij`` over items ``j`` that have the
+    modality, with ``c_ij`` the number of training users who interacted with both (``R^T R``). Items
+    with no such neighbour (cold items) get the mean of the present rows. Returns
+    ``(features, n_from_neighbours, n_from_mean)``; rows of present items are untouched.
+    """
+    import scipy.sparse as sp
+
+    n_items = len(present)
+    missing = ~present
+    missing[0] = False
+    idx = np.flatnonzero(missing)
+    out = aligned.copy()
+    if idx.size == 0 or not present.any():
+        return out, 0, int(idx.size)
+    n_users = int(users.max()) + 1 if len(users) else 1
+    R = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items))
+    R.data[:] = 1.0  # duplicates count once
+    co = (R[:, idx].T @ R).tocsr()  # (n_missing, n_items) co-interaction counts
+    co = co @ sp.diags(present.astype(np.float32))  # only items that have the modality vote
+    weight = np.asarray(co.sum(axis=1)).ravel()
+    has = weight > 0
+    out[idx[has]] = (co[has] @ aligned) / weight[has, None]
+    out[idx[~has]] = aligned[present].mean(axis=0)
+    return out, int(has.sum()), int((~has).sum())

@@ -117,14 +117,36 @@ def auto_block_size(n: int, budget_mb: int = 256) -> int:
     return int(max(1, min(n, budget_mb * 2**20 // (4 * max(n, 1)))))
 
 
-def knn_indices(features: torch.Tensor, k: int, block_size: int = None, include_self: bool = True):
+KNN_BACKENDS = ("torch", "faiss", "auto")
+FAISS_MIN_ITEMS = 50_000  # below this the two are equally fast (measured: benchmarks/README.md)
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def knn_indices(features: torch.Tensor, k: int, block_size: int = None, include_self: bool = True,
+                backend: str = "torch"):
     """Indices ``(n, k)`` and cosine similarities of every row's top-``k`` neighbours.
 
-    Computed block-wise without gradients: peak memory ``O(block_size * n + n * k)``, never an
-    n x n matrix; the default block holds 256 MB of similarities (:func:`auto_block_size`).
+    ``torch``: computed block-wise without gradients: peak memory ``O(block_size * n + n * k)``,
+    never an n x n matrix; the default block holds 256 MB of similarities (:func:`auto_block_size`).
+    ``faiss``: exact inner-product search (``IndexFlatIP``) on the normalised rows, ~20% faster at
+    200k items and lighter on memory (optional ``faiss-cpu``). ``auto``: faiss when installed and
+    ``n >= FAISS_MIN_ITEMS``. Both are exact; they can only differ in the order of tied neighbours.
     """
     n = features.shape[0]
     k = min(k, n if include_self else n - 1)
+    if backend not in KNN_BACKENDS:
+        raise ValueError(f"knn backend '{backend}' is not one of {KNN_BACKENDS}")
+    if backend == "auto":
+        backend = "faiss" if n >= FAISS_MIN_ITEMS and faiss_available() else "torch"
+    if backend == "faiss":
+        return _faiss_knn(features, k, include_self)
     block_size = block_size or auto_block_size(n)
     cols = torch.empty((n, k), dtype=torch.long, device=features.device)
     sims = torch.empty((n, k), dtype=torch.float32, device=features.device)
@@ -144,29 +166,48 @@ def knn_indices(features: torch.Tensor, k: int, block_size: int = None, include_
     return cols, sims
 
 
-def knn_edges(features: torch.Tensor, k: int, block_size: int = None, include_self: bool = True):
+def _faiss_knn(features: torch.Tensor, k: int, include_self: bool):
+    import faiss
+
+    normed = F.normalize(features.detach().float().cpu(), dim=1).numpy()
+    index = faiss.IndexFlatIP(normed.shape[1])
+    index.add(normed)
+    extra = 0 if include_self else 1
+    sims, cols = index.search(normed, k + extra)
+    cols, sims = torch.from_numpy(cols), torch.from_numpy(sims)
+    if not include_self:  # drop each row's own index (or, if a duplicate outranks it, the last hit)
+        is_self = cols == torch.arange(len(cols)).unsqueeze(1)
+        is_self[:, -1] |= ~is_self.any(1)
+        keep = ~is_self
+        cols, sims = cols[keep].view(-1, k), sims[keep].view(-1, k)
+    return cols.to(features.device), sims.to(features.device)
+
+
+def knn_edges(features: torch.Tensor, k: int, block_size: int = None, include_self: bool = True,
+              backend: str = "torch"):
     """Top-``k`` cosine neighbour edges ``(rows, cols, sims)``, ``n*k`` of them (see :func:`knn_indices`)."""
-    cols, sims = knn_indices(features, k, block_size=block_size, include_self=include_self)
+    cols, sims = knn_indices(features, k, block_size=block_size, include_self=include_self, backend=backend)
     rows = torch.arange(features.shape[0], device=features.device).repeat_interleave(cols.shape[1])
     return rows, cols.reshape(-1), sims.reshape(-1)
 
 
 def knn_graph(features: torch.Tensor, k: int, normalization: str = "sym", weighted: bool = False,
-              block_size: int = None, include_self: bool = True) -> torch.Tensor:
+              block_size: int = None, include_self: bool = True, backend: str = "torch") -> torch.Tensor:
     """Item-item KNN graph from one modality's features (FREEDOM: binary, sym; LATTICE: weighted).
 
     ``weighted`` keeps the cosine similarities as edge weights, otherwise every kept edge is 1.
     """
-    rows, cols, sims = knn_edges(features, k, block_size=block_size, include_self=include_self)
+    rows, cols, sims = knn_edges(features, k, block_size=block_size, include_self=include_self, backend=backend)
     values = sims if weighted else torch.ones_like(sims)
     n = features.shape[0]
     return sparse(rows, cols, normalize_edges(rows, cols, values, n, mode=normalization), (n, n))
 
 
-def item_knn_graph(features: torch.Tensor, k: int, normalization: str = "sym", weighted: bool = False):
+def item_knn_graph(features: torch.Tensor, k: int, normalization: str = "sym", weighted: bool = False,
+                   backend: str = "torch"):
     """:func:`knn_graph` over RecBole's item ids: row 0 (padding) takes no part, shape stays n x n."""
     n = features.shape[0]
-    inner = knn_graph(features[1:].float(), k, normalization=normalization, weighted=weighted)
+    inner = knn_graph(features[1:].float(), k, normalization=normalization, weighted=weighted, backend=backend)
     idx = inner.indices() + 1
     return sparse(idx[0], idx[1], inner.values(), (n, n))
 

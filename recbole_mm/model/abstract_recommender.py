@@ -32,8 +32,11 @@ class MultimodalRecommender(GeneralRecommender):
                 "add `modalities: {name: file.npy}` to its yaml (see README, 'Datasets')"
             )
         self.modalities = list(features)
+        masks = getattr(dataset, "item_feature_mask", {}) or {}
         for name, feat in features.items():
             self.register_buffer(self._buffer_name(name), feat.float(), persistent=False)
+            mask = masks.get(name, torch.ones(feat.shape[0], dtype=torch.bool))
+            self.register_buffer(f"mask_{name}", mask.bool(), persistent=False)
         self._config = config
         self.train_users, self.train_items = graphs.interaction_edges(dataset)
         self._eval_cache = None
@@ -84,6 +87,10 @@ class MultimodalRecommender(GeneralRecommender):
     def modality_feature(self, name: str) -> torch.Tensor:
         """``(n_items, d)`` feature matrix of modality ``name`` (row 0 = padding)."""
         return getattr(self, self._buffer_name(name))
+
+    def modality_mask(self, name: str) -> torch.Tensor:
+        """``(n_items,)`` bool: True where the item had a real row for ``name`` (False: imputed or padding)."""
+        return getattr(self, f"mask_{name}")
 
     def modality_dims(self) -> dict:
         return {name: self.modality_feature(name).shape[1] for name in self.modalities}
@@ -141,7 +148,8 @@ class MultimodalRecommender(GeneralRecommender):
         features = features.detach().float().cpu()
 
         def build():
-            return graphs.item_knn_graph(features, k, normalization=normalization, weighted=weighted)
+            return graphs.item_knn_graph(features, k, normalization=normalization, weighted=weighted,
+                                         backend=self._config["knn_backend"] or "torch")
 
         key = graphs.graph_cache_key([features], k=k, normalization=normalization, weighted=weighted, v=1)
         return graphs.cached_graph(self.graph_cache_dir(), "knn", key, build).to(self.device)

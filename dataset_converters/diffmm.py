@@ -1,0 +1,115 @@
+"""DiffMM / MMSSL / LightGT-style pickled matrices -> a recbole-mm dataset, keeping their split.
+
+    python -m dataset_converters.diffmm INPUT_DIR OUTPUT_ROOT --name NAME [--force]
+
+INPUT_DIR holds ``trnMat.pkl`` and ``tstMat.pkl`` (and optionally ``valMat.pkl``): pickled SciPy
+sparse users x items matrices (non-zeros = interactions) as the DiffMM and MMSSL repositories ship
+them, plus feature files ``*_feat.npy`` (``image_feat.npy``, ``text_feat.npy``, ``audio_feat.npy``
+...) whose row r is item r. Without ``valMat.pkl`` RecBole still needs a validation split, so
+``--valid-from-train RATIO`` (default 0.1) moves that share of each user's training
+interactions (seeded) to validation; ``--valid-from-test`` uses the test matrix for both instead
+(the protocol of the DiffMM code, which has no validation set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import pickle
+import shutil
+
+import numpy as np
+
+from dataset_converters._common import (
+    ConversionError,
+    random_user_split,
+    run_cli,
+    staged_output_dir,
+    summary,
+    write_dataset_yaml,
+    write_split_files,
+)
+
+
+def read_matrix(path: str):
+    """A pickled SciPy sparse matrix as COO; anything else is an error naming the file."""
+    import scipy.sparse as sp
+
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: file not found")
+    with open(path, "rb") as fh:
+        try:
+            matrix = pickle.load(fh)
+        except Exception as exc:
+            raise ConversionError(f"{path}: cannot be unpickled ({exc})") from exc
+    if not sp.issparse(matrix):
+        raise ConversionError(f"{path}: expected a scipy.sparse matrix, got {type(matrix).__name__}")
+    return sp.coo_matrix(matrix)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m dataset_converters.diffmm", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("input_dir", help="folder with trnMat.pkl, tstMat.pkl [valMat.pkl] and *_feat.npy")
+    p.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--valid-from-train", type=float, default=0.1,
+                   help="without valMat.pkl: share of each user's training interactions moved to valid")
+    p.add_argument("--valid-from-test", action="store_true",
+                   help="without valMat.pkl: validate on the test matrix (DiffMM's own protocol)")
+    p.add_argument("--seed", type=int, default=2020, help="seed of --valid-from-train")
+    p.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
+    return p
+
+
+def convert(args) -> str:
+    mats = {}
+    for split, fname in (("train", "trnMat.pkl"), ("valid", "valMat.pkl"), ("test", "tstMat.pkl")):
+        path = os.path.join(args.input_dir, fname)
+        if split == "valid" and not os.path.isfile(path):
+            continue
+        mats[split] = read_matrix(path)
+    shapes = {s: m.shape for s, m in mats.items()}
+    if len(set(shapes.values())) != 1:
+        raise ConversionError(f"{args.input_dir}: matrices disagree on users x items: {shapes}")
+    n_items = mats["train"].shape[1]
+    splits = {s: (m.row.astype(np.int64), m.col.astype(np.int64)) for s, m in mats.items()}
+    if "valid" not in splits:
+        if args.valid_from_test:
+            splits["valid"] = splits["test"]
+        else:
+            u, i = splits["train"]
+            inner = random_user_split(u, i, ratios=(1 - args.valid_from_train, args.valid_from_train, 0.0),
+                                      seed=args.seed)
+            splits["train"], splits["valid"] = inner["train"], inner["valid"]
+    overlap = set(zip(*splits["train"])) & set(zip(*splits["test"]))
+    if overlap:
+        u, i = next(iter(sorted(overlap)))
+        raise ConversionError(f"{args.input_dir}: (user {u}, item {i}) is in both trnMat.pkl and tstMat.pkl "
+                              f"({len(overlap)} such interactions)")
+    features = sorted(glob.glob(os.path.join(args.input_dir, "*_feat.npy")))
+    out_dir = os.path.join(os.path.abspath(args.output_root), args.name)
+    modalities = {}
+    with staged_output_dir(out_dir, force=args.force) as stage:
+        write_split_files(stage, args.name, splits)
+        for path in features:
+            rows = np.load(path, mmap_mode="r").shape
+            if len(rows) != 2 or rows[0] != n_items:
+                raise ConversionError(f"{path}: expected {n_items} rows (one per item of the matrices), got {rows}")
+            name = os.path.basename(path)[: -len("_feat.npy")]
+            shutil.copyfile(path, os.path.join(stage, os.path.basename(path)))
+            modalities[name] = os.path.basename(path)
+        write_dataset_yaml(stage, args.name, modalities, source=f"dataset_converters.diffmm from {args.input_dir}")
+    print(summary(args.name, splits))
+    print(f"modalities: {', '.join(modalities) or 'none'}; written to {out_dir}")
+    return out_dir
+
+
+def main(argv=None):
+    convert(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,192 @@
+"""Any interactions table + feature files keyed by item id -> a recbole-mm dataset.
+
+    python -m dataset_converters.generic INTERACTIONS OUTPUT_ROOT --name NAME
+        [--user-column user] [--item-column item] [--rating-column rating --min-rating 4]
+        [--split-column split] [--k-core 0] [--seed 2020]
+        [--feature image=img.npy --feature text=text.parquet ...] [--force]
+
+INTERACTIONS: CSV, TSV or Parquet with a user and an item column and optionally a rating, a
+timestamp and a split column (values train/valid/test or 0/1/2). With a split column the split is
+kept; otherwise interactions (after ``--min-rating`` and ``--k-core``) are split per user 8:1:1,
+at random with ``--seed`` or by ``--timestamp-column`` order with ``--split-order time``.
+
+``--feature NAME=PATH`` (repeatable) adds a modality:
+* ``.npy``: rows keyed by ``<stem>.ids`` beside it (one item id per line), or, without one, row r
+  is item id r (integer ids);
+* ``.csv`` / ``.tsv`` / ``.parquet``: an item id column (``--feature-id-column``, default: the
+  interactions' item column) and numeric columns (the vector).
+Feature rows of items that are not in the interactions are dropped; items with no row are left to
+the dataset's missing-modality policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import pandas as pd
+
+from dataset_converters._common import (
+    SPLITS,
+    ConversionError,
+    k_core,
+    random_user_split,
+    run_cli,
+    split_by_label,
+    staged_output_dir,
+    summary,
+    write_dataset_yaml,
+    write_split_files,
+)
+from recbole_mm.io import atomic_save_npy, write_ids
+
+_SPLIT_VALUES = {"train": 0, "valid": 1, "validation": 1, "val": 1, "test": 2, "0": 0, "1": 1, "2": 2}
+
+
+def read_any(path: str) -> pd.DataFrame:
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: file not found")
+    if path.endswith(".parquet"):
+        try:
+            return pd.read_parquet(path)
+        except ImportError as exc:
+            raise ConversionError(f"{path}: reading Parquet needs pyarrow (pip install 'pyarrow<21')") from exc
+    return pd.read_csv(path, sep="\t" if path.endswith(".tsv") else ",", dtype=str, keep_default_na=False)
+
+
+def _require(frame, columns, path):
+    missing = [c for c in columns if c and c not in frame.columns]
+    if missing:
+        raise ConversionError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+
+
+def load_interactions(args) -> dict:
+    frame = read_any(args.interactions)
+    _require(frame, [args.user_column, args.item_column, args.rating_column, args.split_column,
+                     args.timestamp_column], args.interactions)
+    for col in (args.user_column, args.item_column):
+        blank = frame[col].astype(str).str.strip() == ""
+        if blank.any():
+            row = int(np.flatnonzero(blank.to_numpy())[0])
+            raise ConversionError(f"{args.interactions}: field '{col}' row {row + 1}: empty id")
+    if args.rating_column:
+        rating = pd.to_numeric(frame[args.rating_column], errors="coerce")
+        if rating.isna().any():
+            row = int(np.flatnonzero(rating.isna().to_numpy())[0])
+            raise ConversionError(f"{args.interactions}: field '{args.rating_column}' row {row + 1}: value "
+                                  f"{frame[args.rating_column].iloc[row]!r} is not a number")
+        if args.min_rating is not None:
+            frame = frame[(rating >= args.min_rating).to_numpy()]
+    users = frame[args.user_column].astype(str).to_numpy()
+    items = frame[args.item_column].astype(str).to_numpy()
+    if args.split_column:
+        labels = frame[args.split_column].astype(str).str.strip().str.lower().map(_SPLIT_VALUES)
+        if labels.isna().any():
+            row = int(np.flatnonzero(labels.isna().to_numpy())[0])
+            raise ConversionError(f"{args.interactions}: field '{args.split_column}' row {row + 1}: value "
+                                  f"{frame[args.split_column].iloc[row]!r} is not train/valid/test or 0/1/2")
+        print(f"keeping the split of column '{args.split_column}'")
+        return split_by_label(users, items, labels.astype(int).to_numpy())
+    pairs = pd.DataFrame({"u": users, "i": items})
+    if args.timestamp_column:
+        pairs["t"] = pd.to_numeric(frame[args.timestamp_column], errors="coerce").to_numpy()
+    pairs = pairs.drop_duplicates(["u", "i"])
+    if args.k_core > 0:
+        u, i = k_core(pairs["u"].to_numpy(), pairs["i"].to_numpy(), args.k_core, args.k_core)
+        pairs = pd.DataFrame({"u": u, "i": i}).merge(pairs, on=["u", "i"], how="left")
+    if args.split_order == "time":
+        if not args.timestamp_column:
+            raise ConversionError("--split-order time needs --timestamp-column")
+        from dataset_converters.amazon import _time_user_split
+
+        return _time_user_split(pairs["u"].to_numpy(), pairs["i"].to_numpy(), pairs["t"].to_numpy())
+    print(f"random per-user 8:1:1 split (seed {args.seed}) of {len(pairs):,} interactions")
+    return random_user_split(pairs["u"].to_numpy(), pairs["i"].to_numpy(), seed=args.seed)
+
+
+def load_feature(spec: str, item_column: str, id_column: str = None):
+    """``(name, ids, matrix)`` of one ``NAME=PATH`` feature argument."""
+    if "=" not in spec:
+        raise ConversionError(f"--feature {spec}: expected NAME=PATH")
+    name, path = spec.split("=", 1)
+    if path.endswith(".npy"):
+        if not os.path.isfile(path):
+            raise ConversionError(f"{path}: file not found")
+        matrix = np.load(path, allow_pickle=False)
+        if matrix.ndim != 2:
+            raise ConversionError(f"{path}: expected a 2-D array (items x dims), got shape {matrix.shape}")
+        ids_path = os.path.splitext(path)[0] + ".ids"
+        if os.path.isfile(ids_path):
+            with open(ids_path, encoding="utf-8") as fh:
+                ids = [line.rstrip("\r\n") for line in fh]
+            if len(ids) != len(matrix):
+                raise ConversionError(f"{ids_path}: {len(ids)} ids for the {len(matrix)} rows of {path}")
+        else:
+            ids = [str(r) for r in range(len(matrix))]
+        return name, np.asarray(ids, dtype=str), matrix.astype(np.float32)
+    frame = read_any(path)
+    id_col = id_column or item_column
+    _require(frame, [id_col], path)
+    values = frame.drop(columns=[id_col]).apply(pd.to_numeric, errors="coerce")
+    bad = values.isna().any(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        col = values.columns[values.iloc[row].isna().to_numpy()][0]
+        raise ConversionError(f"{path}: field '{col}' row {row + 1} (item {frame[id_col].iloc[row]}): not a number")
+    return name, frame[id_col].astype(str).to_numpy(), values.to_numpy(np.float32)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m dataset_converters.generic", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("interactions", help="CSV/TSV/Parquet of interactions")
+    p.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--user-column", default="user")
+    p.add_argument("--item-column", default="item")
+    p.add_argument("--rating-column", default=None)
+    p.add_argument("--min-rating", type=float, default=None, help="keep interactions rated at least this")
+    p.add_argument("--timestamp-column", default=None)
+    p.add_argument("--split-column", default=None, help="train/valid/test or 0/1/2: keep this split")
+    p.add_argument("--split-order", choices=["random", "time"], default="random")
+    p.add_argument("--k-core", type=int, default=0, help="min interactions per user and item (default 0: none)")
+    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--feature", action="append", default=[], metavar="NAME=PATH", help="a modality (repeatable)")
+    p.add_argument("--feature-id-column", default=None, help="item id column of CSV/Parquet feature files")
+    p.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
+    return p
+
+
+def convert(args) -> str:
+    splits = load_interactions(args)
+    items = set(np.concatenate([splits[s][1] for s in SPLITS]).astype(str))
+    features = [load_feature(spec, args.item_column, args.feature_id_column) for spec in args.feature]
+    out_dir = os.path.join(os.path.abspath(args.output_root), args.name)
+    modalities = {}
+    with staged_output_dir(out_dir, force=args.force) as stage:
+        write_split_files(stage, args.name, splits)
+        for name, ids, matrix in features:
+            dup = pd.Index(ids).duplicated()
+            if dup.any():
+                raise ConversionError(f"--feature {name}: duplicate item id '{ids[int(np.flatnonzero(dup)[0])]}'")
+            keep = np.isin(ids, list(items))
+            atomic_save_npy(os.path.join(stage, f"{name}_feat.npy"), matrix[keep])
+            write_ids(os.path.join(stage, f"{name}_feat.ids"), ids[keep])
+            modalities[name] = f"{name}_feat.npy"
+            print(f"modality {name}: {int(keep.sum()):,} of {len(items):,} items have a row "
+                  f"({int((~keep).sum()):,} rows for unknown items dropped)")
+        write_dataset_yaml(stage, args.name, modalities,
+                           source=f"dataset_converters.generic from {args.interactions}")
+    print(summary(args.name, splits))
+    print(f"written to {out_dir}")
+    return out_dir
+
+
+def main(argv=None):
+    convert(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

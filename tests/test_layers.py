@@ -71,7 +71,21 @@ def test_similarity_preserving_loss_by_hand_and_stop_gradient():
     value.backward()
     assert h.grad is not None and ref.grad is None
     same = torch.tensor([[3.0, 4.0], [1.0, 2.0]])
-    assert loss.similarity_preserving_loss(same, 2 * same).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss.similarity_preserving_loss(same, 2 * same).item() == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("d_ref", [3, 40])
+def test_similarity_preserving_loss_matches_the_cosine_matrices(d_ref):
+    torch.manual_seed(0)
+    h = torch.randn(17, 5, dtype=torch.float64, requires_grad=True)
+    ref = torch.randn(17, d_ref, dtype=torch.float64)
+    hn, rn = torch.nn.functional.normalize(h, dim=1), torch.nn.functional.normalize(ref, dim=1)
+    direct = torch.linalg.norm(hn @ hn.T - rn @ rn.T) / 17
+    fast = loss.similarity_preserving_loss(h, ref)
+    torch.testing.assert_close(fast, direct)
+    (g_direct,) = torch.autograd.grad(direct, h)
+    (g_fast,) = torch.autograd.grad(fast, h)
+    torch.testing.assert_close(g_fast, g_direct)
 
 
 def test_sinusoidal_encoding_values():

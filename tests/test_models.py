@@ -168,3 +168,31 @@ def test_userec_prunes_for_training_only(tiny_dataset):
     torch.testing.assert_close(before, m.full_sort_predict(users))
     # positional codes: users get them, items do not (by default)
     assert m.user_pe and not m.item_pe and m.user_code.shape == (m.n_users, m.embedding_size)
+
+
+def test_vbpr_pairwise_loss_matches_scores_and_bf16_option(tiny_dataset):
+    """calculate_loss works on f_i - f_j; it must equal BPR on predict()'s x_ui - x_uj (+ L2), and the
+    bf16 feature option must give (nearly) the same scores."""
+    from recbole.data.interaction import Interaction
+
+    from recbole_mm.model.loss import bpr_loss, l2_reg
+
+    data_path, name = tiny_dataset
+    _, model, train = _build("VBPR", data_path, name)
+    model.eval()
+    batch = next(iter(train))
+    u, i, j = batch[model.USER_ID], batch[model.ITEM_ID], batch[model.NEG_ITEM_ID]
+    pos = model.predict(Interaction({model.USER_ID: u, model.ITEM_ID: i}))
+    neg = model.predict(Interaction({model.USER_ID: u, model.ITEM_ID: j}))
+    reg = l2_reg(torch.cat([model.user_gamma(u), model.user_theta(u)], 1), model.item_gamma(i), model.item_gamma(j))
+    torch.testing.assert_close(model.calculate_loss(batch), bpr_loss(pos, neg) + model.reg_weight * reg)
+
+    _, half, _ = _build("VBPR", data_path, name, feature_dtype="bfloat16")
+    half.load_state_dict(model.state_dict())
+    half.eval()
+    assert half.content.dtype == torch.bfloat16
+    full = model.full_sort_predict(Interaction({model.USER_ID: u[:4]}))
+    torch.testing.assert_close(half.full_sort_predict(Interaction({model.USER_ID: u[:4]})), full, atol=2e-2, rtol=2e-2)
+    half.train()
+    half.calculate_loss(batch).backward()
+    assert half.feature_proj.weight.grad.dtype == torch.float32

@@ -11,7 +11,7 @@ the fused item feature ``h_enc`` as a dataset modality (``encoder_modality``).
 * Fusion: ``h = h_mm + h_id`` (``fusion: sum``), or the shared fusion layer
   (``mean | concat | gate | attention``).
 * Loss: BPR + ``reg_weight`` L2 + α CCA (in-batch InfoNCE between h_mm and h_id of the batch's
-  items and users, τ = ``cca_temperature``) + β UIA (``1 - cos(h_u, h_i)`` on observed pairs)
+  distinct items and users, τ = ``cca_temperature``) + β UIA (``1 - cos(h_u, h_i)`` on observed pairs)
   + λ REG (``||cos(h_mm_i, h_mm_j) - sg(cos(h_enc_i, h_enc_j))||``). A weight of 0 switches its term off.
 """
 
@@ -97,9 +97,12 @@ class AlignRec(MultimodalRecommender):
         loss = bpr_loss((u * p).sum(1), (u * n).sum(1)) + self.reg_weight * l2_reg(u, p, n)
         mm_u, mm_i = split_users_items(h_mm, self.n_users)
         if self.cca_weight:
+            # over the batch's distinct items/users (as SGL/SimGCL do): a repeated item is not its
+            # own negative, and the B x B logits shrink to distinct x distinct
             id_u, id_i = split_users_items(h_id, self.n_users)
-            cca = info_nce(mm_i[pos], id_i[pos], self.cca_temperature) + \
-                info_nce(mm_u[user], id_u[user], self.cca_temperature)
+            items_d, users_d = torch.unique(pos), torch.unique(user)
+            cca = info_nce(mm_i[items_d], id_i[items_d], self.cca_temperature) + \
+                info_nce(mm_u[users_d], id_u[users_d], self.cca_temperature)
             loss = loss + self.cca_weight * cca
         if self.uia_weight:
             loss = loss + self.uia_weight * (1 - F.cosine_similarity(u, p, dim=-1)).mean()

@@ -52,6 +52,13 @@ class VBPR(MultimodalRecommender):
         with torch.no_grad():
             self.feature_proj.weight[-1].zero_()  # beta' starts at 0, like beta_i
 
+    def _project(self, f):
+        """``[E^T f | beta'^T f]``; bf16 features are projected with bf16 matmuls (fp32 result)."""
+        if f.dtype != torch.bfloat16:
+            return self.feature_proj(f)
+        with torch.autocast(f.device.type, dtype=torch.bfloat16):
+            return self.feature_proj(f).float()
+
     def _item_side(self, items=None):
         """Item factor ``[gamma_i ; E^T f_i]`` and bias ``beta_i + beta'^T f_i``.
 
@@ -64,7 +71,7 @@ class VBPR(MultimodalRecommender):
         else:
             unique, inverse = torch.unique(items, return_inverse=True)
             f, gamma, bias = self.content[unique], self.item_gamma(unique), self.item_bias(unique)
-        projected = self.feature_proj(f)
+        projected = self._project(f)
         factor = torch.cat([gamma, projected[:, :-1]], dim=1)
         total_bias = (bias.squeeze(1) + projected[:, -1]) if self.use_bias else \
             torch.zeros(factor.shape[0], device=factor.device)
@@ -84,8 +91,7 @@ class VBPR(MultimodalRecommender):
         gamma_u, theta_u = self.user_gamma(users), self.user_theta(users)
         gamma_pos, gamma_neg = self.item_gamma(pos), self.item_gamma(neg)
         f_diff = self.content.index_select(0, pos) - self.content.index_select(0, neg)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.content.dtype == torch.bfloat16):
-            projected = self.feature_proj(f_diff).float()  # [E^T (f_i - f_j) | beta'^T (f_i - f_j)]
+        projected = self._project(f_diff)  # [E^T (f_i - f_j) | beta'^T (f_i - f_j)]
         diff = (gamma_u * (gamma_pos - gamma_neg)).sum(1) + (theta_u * projected[:, :-1]).sum(1)
         if self.use_bias:
             diff = diff + (self.item_bias(pos) - self.item_bias(neg)).squeeze(1) + projected[:, -1]

@@ -9,9 +9,15 @@ pre-extracted feature vectors we use the feature-regression analogue:
 * for each item one modality is picked and a fraction ``mask_ratio`` of its chunks is replaced by a
   learned mask token; the transformer sees the rest of that modality and all other modalities and
   must regress the masked chunks (``L_ICA``: MSE on masked chunks — the L_MIM + L_MLM analogue);
-* ``h_enc`` = mean over the output tokens, projected to ``output_dim``.
+* ``h_enc`` = mean over the output tokens, projected to ``output_dim``, plus a linear path from the
+  concatenated inputs; it is the bottleneck of
+  the fused encoding, so it is trained too: from the masked pass, ``h_enc`` must reconstruct every
+  modality's whole vector (``L_rec``, MSE; a masked-autoencoder bottleneck). Without it ``h_enc``
+  would be an untrained projection of the token states.
 
-Missing modality rows (``item_feature_mask`` False) are never used as regression targets.
+Inputs are L2-normalised per modality and centred (the item mean subtracted): raw sentence/audio
+embeddings share a large common direction that dominates their cosines. The fused output is
+centred too. Missing modality rows (``item_feature_mask`` False) are never used as targets.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ class ICAEncoder(nn.Module):
         self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, output_dim)
+        self.reconstruct = nn.ModuleDict({m: nn.Linear(output_dim, d) for m, d in dims.items()})
+        # linear path from the (unmasked) concatenated inputs into the bottleneck: with L_rec it
+        # converges to the principal subspace, the transformer adds the cross-modal part on top
+        self.skip = nn.Linear(sum(dims.values()), output_dim, bias=False)
 
     def chunks(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """``(B, d)`` -> ``(B, T, chunk)`` (zero-padded), the regression targets.
@@ -69,9 +79,13 @@ class ICAEncoder(nn.Module):
         hidden = self.norm(self.transformer(seq))
         return hidden, targets
 
+    def fuse(self, hidden: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """``h_enc``: pooled token states plus the linear path of the inputs."""
+        return self.out(hidden.mean(1)) + self.skip(torch.cat([inputs[m].float() for m in self.names], dim=1))
+
     def encode(self, inputs: dict) -> torch.Tensor:
         hidden, _ = self.forward(inputs)
-        return self.out(hidden.mean(1))
+        return self.fuse(hidden, inputs)
 
     def masked_loss(self, inputs: dict, present: dict, mask_ratio: float, generator=None) -> torch.Tensor:
         """``L_ICA`` for a batch: regress the masked chunks of one random modality per item."""
@@ -94,7 +108,41 @@ class ICAEncoder(nn.Module):
                 pred = self.decode[m](hidden[:, j * T:(j + 1) * T][sel])
                 loss = loss + F.mse_loss(pred, targets[m][sel], reduction="sum") / self.chunk[m]
                 count += int(sel.sum())
-        return loss / max(count, 1)
+        loss = loss / max(count, 1)
+        # L_rec: the fused bottleneck of the masked pass reconstructs every (present) modality
+        fused = self.fuse(hidden, inputs)
+        rec = 0.0
+        for m in self.names:
+            rows = present[m]
+            if rows.any():
+                rec = rec + F.mse_loss(self.reconstruct[m](fused[rows]), inputs[m][rows].float(), reduction="sum") \
+                    / int(rows.sum())
+        return loss + rec
+
+
+def init_principal_subspace(encoder: ICAEncoder, features: dict) -> None:
+    """Start the bottleneck at the optimum of its linear part: ``skip`` = the top principal directions
+    of the concatenated (centred) inputs, ``reconstruct`` = their transpose, the token path at zero.
+    Training then only has to improve on PCA (a linear autoencoder's solution) instead of finding it
+    with a few hundred steps on small catalogues."""
+    x = torch.cat([features[m].float() for m in encoder.names], dim=1)
+    k = encoder.skip.weight.shape[0]
+    cov = x.T @ x  # (D, D), no n x n matrix
+    _, vecs = torch.linalg.eigh(cov.double())
+    top = vecs[:, -k:].flip(1).float() if k <= vecs.shape[1] else vecs.flip(1).float()
+    with torch.no_grad():
+        encoder.skip.weight.zero_()
+        encoder.skip.weight[: top.shape[1]] = top.T
+        start = 0
+        for m in encoder.names:
+            d = features[m].shape[1]
+            layer = encoder.reconstruct[m]
+            layer.weight.zero_()
+            layer.weight[:, : top.shape[1]] = top[start:start + d]
+            layer.bias.zero_()
+            start += d
+        encoder.out.weight.zero_()
+        encoder.out.bias.zero_()
 
 
 def pretrain_ica(features: dict, present: dict, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
@@ -106,8 +154,12 @@ def pretrain_ica(features: dict, present: dict, epochs: int = 50, batch_size: in
     gen = torch.Generator().manual_seed(seed)
     names = list(features)
     features = {m: F.normalize(features[m].float(), dim=1) for m in names}
+    # centre each modality over the items that have it (see the module docstring)
+    features = {m: features[m] - features[m][present[m]].mean(0) if present[m].any() else features[m]
+                for m in names}
     n = next(iter(features.values())).shape[0]
     encoder = ICAEncoder({m: features[m].shape[1] for m in names}, **encoder_kwargs).to(device)
+    init_principal_subspace(encoder, features)
     optimiser = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.01)
     losses = []
     bar = tqdm(range(epochs), desc="ICA pre-training", disable=not show_progress)
@@ -132,4 +184,5 @@ def pretrain_ica(features: dict, present: dict, epochs: int = 50, batch_size: in
             encoder.encode({m: features[m][start:start + 1024].to(device) for m in names}).cpu()
             for start in range(0, n, 1024)
         ])
+    fused = fused - fused.mean(0)
     return encoder, fused.numpy().astype(np.float32), losses

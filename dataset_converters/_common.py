@@ -54,13 +54,18 @@ def split_by_label(users, items, labels) -> dict:
 
 
 def random_user_split(users, items, ratios=(0.8, 0.1, 0.1), seed=2020) -> dict:
-    """Per-user random split: each user's interactions shuffled (seeded) and cut by ``ratios``.
+    """Per-user random split: each user's interactions shuffled (seeded) and cut by ``ratios``."""
+    rng = np.random.default_rng(seed)
+    return ordered_user_split(users, items, rng.random(len(users)), ratios)
+
+
+def ordered_user_split(users, items, order, ratios=(0.8, 0.1, 0.1)) -> dict:
+    """Per-user split along ``order`` (a random key, or a timestamp: oldest to train).
 
     A user with n interactions gets ``round(r_valid n)`` validation and ``round(r_test n)`` test
     interactions, at least one training interaction being kept. Vectorised (no per-user loop).
     """
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({"u": users, "i": items, "key": rng.random(len(users))})
+    frame = pd.DataFrame({"u": users, "i": items, "key": order})
     frame = frame.sort_values(["u", "key"], kind="mergesort").reset_index(drop=True)
     rank = frame.groupby("u").cumcount().to_numpy()
     n = frame.groupby("u")["i"].transform("size").to_numpy()
@@ -129,6 +134,7 @@ __all__ = [
     "SPLITS",
     "check_integer_column",
     "k_core",
+    "ordered_user_split",
     "random_user_split",
     "read_table",
     "run_cli",

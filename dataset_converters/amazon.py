@@ -33,6 +33,7 @@ import pandas as pd
 from dataset_converters._common import (
     ConversionError,
     k_core,
+    ordered_user_split,
     random_user_split,
     read_table,
     run_cli,
@@ -151,20 +152,6 @@ def build_parser():
     return p
 
 
-def _time_user_split(users, items, times, ratios=(0.8, 0.1, 0.1)):
-    frame = pd.DataFrame({"u": users, "i": items, "t": times}).sort_values(["u", "t", "i"], kind="mergesort")
-    n = frame.groupby("u")["i"].transform("size").to_numpy()
-    rank = frame.groupby("u").cumcount().to_numpy()
-    n_test = np.round(n * ratios[2]).astype(int)
-    n_valid = np.round(n * ratios[1]).astype(int)
-    over = np.maximum(n_valid + n_test - (n - 1), 0)
-    cut = np.minimum(over, n_test)
-    n_test, n_valid = n_test - cut, n_valid - (over - cut)
-    n_train = n - n_valid - n_test
-    label = np.where(rank < n_train, 0, np.where(rank < n_train + n_valid, 1, 2))
-    return split_by_label(frame["u"].to_numpy(), frame["i"].to_numpy(), label)
-
-
 def interactions(args):
     """``(splits, user map, item map)``; maps are DataFrames (raw id, integer id)."""
     reviews = read_reviews(args.reviews)
@@ -197,7 +184,7 @@ def interactions(args):
     i = kept["item"].map(dict(zip(imap["raw"], imap["itemID"]))).to_numpy()
     if args.split_order == "time":
         print(f"per-user 8:1:1 split by review time of {len(u):,} interactions after {args.k_core}-core")
-        return _time_user_split(u, i, kept["time"].to_numpy()), umap, imap
+        return ordered_user_split(u, i, kept["time"].to_numpy()), umap, imap
     print(f"random per-user 8:1:1 split (seed {args.seed}) of {len(u):,} interactions after {args.k_core}-core")
     return random_user_split(u, i, seed=args.seed), umap, imap
 

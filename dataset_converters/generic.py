@@ -31,6 +31,7 @@ from dataset_converters._common import (
     SPLITS,
     ConversionError,
     k_core,
+    ordered_user_split,
     random_user_split,
     run_cli,
     split_by_label,
@@ -98,9 +99,7 @@ def load_interactions(args) -> dict:
     if args.split_order == "time":
         if not args.timestamp_column:
             raise ConversionError("--split-order time needs --timestamp-column")
-        from dataset_converters.amazon import _time_user_split
-
-        return _time_user_split(pairs["u"].to_numpy(), pairs["i"].to_numpy(), pairs["t"].to_numpy())
+        return ordered_user_split(pairs["u"].to_numpy(), pairs["i"].to_numpy(), pairs["t"].to_numpy())
     print(f"random per-user 8:1:1 split (seed {args.seed}) of {len(pairs):,} interactions")
     return random_user_split(pairs["u"].to_numpy(), pairs["i"].to_numpy(), seed=args.seed)
 

@@ -13,7 +13,7 @@ Every component is a config switch, so the paper's ablations are one flag each:
   (weighted residual ``attention_alpha``); at inference the sample is drawn from a fixed seed, so
   scores are reproducible;
 * loss: BPR + ``cl_weight`` x InfoNCE between two dropout views (``cl_dropout``, τ = ``cl_temperature``)
-  of the final user and item representations + ``reg_weight`` x L2.
+  of the final representations of the batch's distinct users and items + ``reg_weight`` x L2.
 """
 
 from __future__ import annotations
@@ -47,8 +47,12 @@ class USERec(MultimodalRecommender):
                           "cl_temperature", "user_pe", "item_pe", "prune", "keep_ratio", "behaviour_graph",
                           "sampled_attention", "n_samples")
         self.init_id_embeddings(d)
-        self.register_buffer("user_code", sinusoidal_encoding(torch.arange(self.n_users), d), persistent=False)
-        self.register_buffer("item_code", sinusoidal_encoding(torch.arange(self.n_items), d), persistent=False)
+        # pe_scale multiplies the fixed codes (1 = the paper's formula); the codes have unit-size
+        # entries while Xavier-initialised embeddings start ~20x smaller, so the scale sets how much
+        # of the initial user representation is position rather than learned preference
+        scale = config["pe_scale"]
+        self.register_buffer("user_code", scale * sinusoidal_encoding(torch.arange(self.n_users), d), persistent=False)
+        self.register_buffer("item_code", scale * sinusoidal_encoding(torch.arange(self.n_items), d), persistent=False)
 
         self.sim_graph = self.mixed_knn_graph(config["knn_k"], config["modality_weights"])
         if self.behaviour_graph:
@@ -97,9 +101,15 @@ class USERec(MultimodalRecommender):
         p, n = items[pos], items[neg]
         loss = bpr_loss((u * p).sum(1), (u * n).sum(1)) + self.reg_weight * l2_reg(u, p, n)
         if self.cl_weight:
+            # two dropout views of the batch's distinct users and items (as SGL/SimGCL: a repeated
+            # row is not its own negative, and the logits shrink to distinct x distinct)
             drop = lambda x: F.dropout(x, self.cl_dropout, training=True)  # noqa: E731
-            loss = loss + self.cl_weight * (info_nce(drop(u), drop(u), self.cl_temperature)
-                                            + info_nce(drop(p), drop(p), self.cl_temperature))
+            first = torch.unique(user, return_inverse=True)[1]
+            u_d = u[torch.zeros(int(first.max()) + 1, dtype=torch.long, device=u.device).scatter_(
+                0, first, torch.arange(len(user), device=u.device))]
+            p_d = items[torch.unique(pos)]
+            loss = loss + self.cl_weight * (info_nce(drop(u_d), drop(u_d), self.cl_temperature)
+                                            + info_nce(drop(p_d), drop(p_d), self.cl_temperature))
         return loss
 
     def inference_embeddings(self):

@@ -74,13 +74,14 @@ def test_similarity_preserving_loss_by_hand_and_stop_gradient():
     assert loss.similarity_preserving_loss(same, 2 * same).item() == pytest.approx(0.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("d_ref", [3, 40])
-def test_similarity_preserving_loss_matches_the_cosine_matrices(d_ref):
+@pytest.mark.parametrize("batch,d_h,d_ref", [(17, 5, 3), (17, 5, 40), (4, 16, 14), (6, 30, 2)])
+def test_similarity_preserving_loss_matches_the_cosine_matrices(batch, d_h, d_ref):
+    """Both evaluation orders (d x d Gram matrices, or B x B when the batch is the smaller side)."""
     torch.manual_seed(0)
-    h = torch.randn(17, 5, dtype=torch.float64, requires_grad=True)
-    ref = torch.randn(17, d_ref, dtype=torch.float64)
+    h = torch.randn(batch, d_h, dtype=torch.float64, requires_grad=True)
+    ref = torch.randn(batch, d_ref, dtype=torch.float64)
     hn, rn = torch.nn.functional.normalize(h, dim=1), torch.nn.functional.normalize(ref, dim=1)
-    direct = torch.linalg.norm(hn @ hn.T - rn @ rn.T) / 17
+    direct = torch.linalg.norm(hn @ hn.T - rn @ rn.T) / batch
     fast = loss.similarity_preserving_loss(h, ref)
     torch.testing.assert_close(fast, direct)
     (g_direct,) = torch.autograd.grad(direct, h)

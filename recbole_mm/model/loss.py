@@ -53,9 +53,10 @@ def similarity_preserving_loss(h: torch.Tensor, reference: torch.Tensor) -> torc
     hn = torch.nn.functional.normalize(h, dim=-1)
     rn = torch.nn.functional.normalize(reference.detach(), dim=-1)
 
-    def gram_sq(x, y):  # ||x^T y||_F^2 = ||x y^T||_F^2, whichever side is smaller
-        g = x.T @ y if x.shape[1] * y.shape[1] <= x.shape[0] * y.shape[0] else x @ y.T
-        return g.double().pow(2).sum()
+    def gram_sq(x, y):  # ||x^T y||_F^2 = <x x^T, y y^T>_F: the cheaper of d1 d2 and B (d1 + d2) per row
+        if x.shape[1] * y.shape[1] <= x.shape[0] * (x.shape[1] + y.shape[1]):
+            return (x.T @ y).double().pow(2).sum()
+        return ((x @ x.T) * (y @ y.T)).double().sum()
 
     with torch.no_grad():
         ref = gram_sq(rn, rn)

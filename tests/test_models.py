@@ -144,7 +144,8 @@ def test_alignrec_uses_fused_modality_when_present(tiny_dataset):
 
 
 @pytest.mark.parametrize("switch", [{}, {"prune": False}, {"user_pe": False}, {"item_pe": True},
-                                    {"behaviour_graph": False}, {"sampled_attention": False}])
+                                    {"behaviour_graph": False}, {"sampled_attention": False},
+                                    {"behaviour_norm": True, "pe_scale": 0.1}])
 def test_userec_ablation_switches(tiny_dataset, run_config, switch):
     data_path, name = tiny_dataset
     result = run_recbole_mm("USERec", name, config_dict=dict(run_config, data_path=data_path, epochs=1, **switch),
@@ -196,3 +197,11 @@ def test_vbpr_pairwise_loss_matches_scores_and_bf16_option(tiny_dataset):
     half.train()
     half.calculate_loss(batch).backward()
     assert half.feature_proj.weight.grad.dtype == torch.float32
+
+
+def test_userec_pe_scale(tiny_dataset):
+    from recbole_mm.model.layers import sinusoidal_encoding
+
+    data_path, name = tiny_dataset
+    _, m, _ = _build("USERec", data_path, name, pe_scale=0.1)
+    torch.testing.assert_close(m.user_code, 0.1 * sinusoidal_encoding(torch.arange(m.n_users), m.embedding_size))

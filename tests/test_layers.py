@@ -138,3 +138,8 @@ def test_projector_difference_is_exact_and_needs_linear():
         torch.testing.assert_close(diff[m], full_x[m] - full_y[m])
     with pytest.raises(ValueError, match="linear"):
         layers.ModalityProjector({"a": 5}, 4, activation="tanh").difference(x, y)
+
+
+def test_first_occurrence():
+    ids = torch.tensor([5, 3, 5, 9, 3, 3])
+    assert layers.first_occurrence(ids).tolist() == [1, 0, 3]  # values 3, 5, 9 first seen at rows 1, 0, 3

@@ -112,6 +112,14 @@ def lightgcn_propagate(adj, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
     return torch.stack(layers, dim=0).mean(dim=0)
 
 
+def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
+    """Row index of each distinct value's first occurrence in ``ids``, in sorted value order
+    (deterministic, unlike a scatter with repeated indices)."""
+    _, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    order = torch.argsort(inverse, stable=True)
+    return order[torch.cumsum(counts, 0) - counts]
+
+
 def split_users_items(h: torch.Tensor, n_users: int):
     return h[:n_users], h[n_users:]
 

@@ -31,6 +31,7 @@ from recbole_mm.model.layers import (
     ModalityProjector,
     SampledAttention,
     SparseOperator,
+    first_occurrence,
     lightgcn_propagate,
     propagate,
     sinusoidal_encoding,
@@ -107,9 +108,7 @@ class USERec(MultimodalRecommender):
             # two dropout views of the batch's distinct users and items (as SGL/SimGCL: a repeated
             # row is not its own negative, and the logits shrink to distinct x distinct)
             drop = lambda x: F.dropout(x, self.cl_dropout, training=True)  # noqa: E731
-            first = torch.unique(user, return_inverse=True)[1]
-            u_d = u[torch.zeros(int(first.max()) + 1, dtype=torch.long, device=u.device).scatter_(
-                0, first, torch.arange(len(user), device=u.device))]
+            u_d = u[first_occurrence(user)]  # u rows differ per occurrence (sampled attention)
             p_d = items[torch.unique(pos)]
             loss = loss + self.cl_weight * (info_nce(drop(u_d), drop(u_d), self.cl_temperature)
                                             + info_nce(drop(p_d), drop(p_d), self.cl_temperature))

@@ -40,6 +40,7 @@ from dataset_converters._common import (
     write_dataset_yaml,
     write_split_files,
 )
+from recbole_mm.data.features import read_feature_matrix, read_id_file
 from recbole_mm.io import atomic_save_npy, write_ids
 
 _SPLIT_VALUES = {"train": 0, "valid": 1, "validation": 1, "val": 1, "test": 2, "0": 0, "1": 1, "2": 2}
@@ -110,15 +111,11 @@ def load_feature(spec: str, item_column: str, id_column: str = None):
         raise ConversionError(f"--feature {spec}: expected NAME=PATH")
     name, path = spec.split("=", 1)
     if path.endswith(".npy"):
-        if not os.path.isfile(path):
-            raise ConversionError(f"{path}: file not found")
-        matrix = np.load(path, allow_pickle=False)
-        if matrix.ndim != 2:
-            raise ConversionError(f"{path}: expected a 2-D array (items x dims), got shape {matrix.shape}")
+        # the same checks as the dataset loader (2-D numeric array; non-blank, unique ids)
+        matrix = read_feature_matrix(path, name)
         ids_path = os.path.splitext(path)[0] + ".ids"
         if os.path.isfile(ids_path):
-            with open(ids_path, encoding="utf-8") as fh:
-                ids = [line.rstrip("\r\n") for line in fh]
+            ids = list(read_id_file(ids_path).astype(str))
             if len(ids) != len(matrix):
                 raise ConversionError(f"{ids_path}: {len(ids)} ids for the {len(matrix)} rows of {path}")
         else:

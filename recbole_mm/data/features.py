@@ -195,6 +195,8 @@ def neighbour_impute(aligned: np.ndarray, present: np.ndarray, users: np.ndarray
     """
     import scipy.sparse as sp
 
+    from recbole_mm.data.graphs import binary_interactions
+
     n_items = len(present)
     missing = ~present
     missing[0] = False
@@ -203,8 +205,7 @@ def neighbour_impute(aligned: np.ndarray, present: np.ndarray, users: np.ndarray
     if idx.size == 0 or not present.any():
         return out, 0, int(idx.size)
     n_users = int(users.max()) + 1 if len(users) else 1
-    R = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items))
-    R.data[:] = 1.0  # duplicates count once
+    R = binary_interactions(users, items, n_users, n_items)
     co = (R[:, idx].T @ R).tocsr()  # (n_missing, n_items) co-interaction counts
     co = co @ sp.diags(present.astype(np.float32))  # only items that have the modality vote
     weight = np.asarray(co.sum(axis=1)).ravel()

@@ -232,15 +232,20 @@ def _topk_per_row(matrix: sp.csr_matrix, k: int):
     return rows[keep], matrix.indices[keep], matrix.data[keep]
 
 
+def binary_interactions(users, items, n_users: int, n_items: int) -> sp.csr_matrix:
+    """SciPy CSR ``R`` (users x items), 1 where a user interacted with an item (duplicates count once)."""
+    users, items = np.asarray(users), np.asarray(items)
+    R = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items))
+    R.data[:] = 1.0
+    return R
+
+
 def co_interaction_graph(users, items, n_users, n_items, k: int, normalization: str = "sym",
                          block_size: int = 8192) -> torch.Tensor:
     """Behaviour item-item graph: ``R^T R`` (co-interaction counts) without the diagonal, top-``k``
     per item, normalised. Built in item blocks so ``R^T R`` is never held whole.
     """
-    users = np.asarray(users)
-    items = np.asarray(items)
-    R = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items))
-    R.data[:] = 1.0  # duplicates count once
+    R = binary_interactions(users, items, n_users, n_items)
     RT = R.T.tocsr()
     parts = []
     for start in range(0, n_items, block_size):

@@ -99,6 +99,12 @@ def encode_text_file(args) -> str:
 
 
 # -- image -----------------------------------------------------------------------------------------
+def _image_root(args) -> str:
+    """Folder that relative image paths (and downloaded URLs) are looked up in: --image-root, or the
+    items file's folder."""
+    return args.image_root or os.path.dirname(os.path.abspath(args.items))
+
+
 def _image_items(args):
     """(ids, image paths) from --items + --image-column, or from the files of --image-dir."""
     from recbole_mm.encoders.image import resolve_image_path
@@ -108,7 +114,7 @@ def _image_items(args):
         if args.image_column not in frame.columns:
             raise EncoderInputError(f"{args.items}: no image column '{args.image_column}' "
                                     f"(columns: {list(frame.columns)})")
-        root = args.image_root if args.image_root else os.path.dirname(os.path.abspath(args.items))
+        root = _image_root(args)
         cells = frame[args.image_column].fillna("").astype(str)
         # a cell may list several images (JSON list or whitespace-separated): the first is used
         cells = cells.str.strip().str.strip("[]").str.split(r"[\s,]+").str[0].str.strip("'\"")
@@ -155,8 +161,8 @@ def encode_mllm_file(args) -> str:
         template = args.prompt
     rows = frame.fillna("").astype(str).to_dict("records")
     prompts = [fill_prompt(template, r) for r in rows]
-    root = args.image_root if args.image_root else os.path.dirname(os.path.abspath(args.items))
     if args.image_column in frame.columns:
+        root = _image_root(args)
         paths = [resolve_image_path(r[args.image_column], root) for r in rows]
     else:
         print(f"no '{args.image_column}' column: encoding the prompts without images", file=sys.stderr)

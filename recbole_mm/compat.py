@@ -11,6 +11,9 @@ monkey-patching RecBole's modules at import time:
   recbole_mm never imports it: :mod:`recbole_mm.quick_start` is our own.
 * ``Config._init_device`` hard-codes the NCCL backend for DDP; :func:`ddp_backend` picks gloo on
   CPU, and :class:`CompatTrainerMixin` builds a CPU-valid ``DistributedDataParallel``.
+* Under DDP RecBole names the checkpoint after each rank's own clock, lets rank 0 write it in
+  place and has every rank read it back straight away; :class:`CompatTrainerMixin` shares rank
+  0's file name, writes it atomically and waits for rank 0 before any rank loads it.
 * RecBole's exhaustive hyper-parameter search hands hyperopt a ``RandomState``, which hyperopt
   >= 0.2.7 rejects; :func:`hyper_tuning_class` swaps in :func:`grid_search`.
 * RecBole needs NumPy < 2 (``np.float_`` aliases) and SciPy < 1.13 (its LightGCN/NGCF/... call
@@ -21,6 +24,7 @@ monkey-patching RecBole's modules at import time:
 from __future__ import annotations
 
 import importlib.metadata as _md
+import os
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -87,15 +91,43 @@ class CompatTrainerMixin:
         cpu_ddp = (not config["single_spec"]) and config["device"].type == "cpu"
         if not cpu_ddp:
             super().__init__(config, model)
+        else:
+            # RecBole wraps the model in DDP with device_ids=[local_rank], which is CUDA-only.
+            # Let it build everything else as a single process, then wrap for CPU ourselves.
+            config["single_spec"] = True
+            try:
+                super().__init__(config, model)
+            finally:
+                config["single_spec"] = False
+            self.distributed_model = DistributedDataParallel(self.model)
+        if self._distributed():
+            # Each rank stamped the file name with its own clock; only rank 0 writes it.
+            name = [self.saved_model_file]
+            torch.distributed.broadcast_object_list(name, src=0)
+            self.saved_model_file = name[0]
+
+    def _distributed(self) -> bool:
+        return (not self.config["single_spec"]) and torch.distributed.is_available() \
+            and torch.distributed.is_initialized()
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's checkpoint, written to a temporary name and renamed into place.
+
+        A reader (another rank, or a crash mid-write) then sees the old file or the new one,
+        never a half-written zip.
+        """
+        if self._distributed() and self.config["local_rank"] != 0:
             return
-        # RecBole wraps the model in DDP with device_ids=[local_rank], which is CUDA-only.
-        # Let it build everything else as a single process, then wrap for CPU ourselves.
-        config["single_spec"] = True
+        target = kwargs.pop("saved_model_file", self.saved_model_file)
+        tmp = f"{target}.tmp{os.getpid()}"
         try:
-            super().__init__(config, model)
+            super()._save_checkpoint(epoch, verbose=False, saved_model_file=tmp, **kwargs)
+            os.replace(tmp, target)
         finally:
-            config["single_spec"] = False
-        self.distributed_model = DistributedDataParallel(self.model)
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        if verbose:
+            self.logger.info("Saving current: %s", target)
 
     def resume_checkpoint(self, resume_file):
         checkpoint = load_checkpoint(str(resume_file), map_location=self.device)
@@ -118,6 +150,8 @@ class CompatTrainerMixin:
     def load_best(self, model_file=None):
         """Load the best checkpoint written by ``fit`` (or ``model_file``) into the model."""
         checkpoint_file = model_file or self.saved_model_file
+        if self._distributed():
+            torch.distributed.barrier()  # rank 0 may still be writing the best checkpoint
         checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))

@@ -73,3 +73,38 @@ def test_grid_search_visits_every_point_once(tmp_path):
     tuner.run()
     assert sorted(seen) == sorted((a, b) for a in (1, 2, 3) for b in ("x", "y"))
     assert tuner.best_params == {"a": 3, "b": "y"}
+
+
+def _bare_trainer(path):
+    """A RecBole trainer with just what ``_save_checkpoint`` reads (no dataset needed)."""
+    import logging
+
+    from recbole.trainer import Trainer
+
+    trainer = object.__new__(compat.make_compatible(Trainer))
+    model = torch.nn.Linear(2, 1)
+    model.other_parameter = lambda: None
+    trainer.config = {"single_spec": True, "local_rank": 0}
+    trainer.cur_step, trainer.best_valid_score, trainer.model = 0, 0.5, model
+    trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer.saved_model_file, trainer.logger = str(path), logging.getLogger("test")
+    return trainer
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A save that dies half-way leaves the previous checkpoint readable and no temp file."""
+    path = tmp_path / "best.pth"
+    trainer = _bare_trainer(path)
+    trainer._save_checkpoint(3)
+    assert compat.load_checkpoint(path)["epoch"] == 3
+
+    def broken_save(obj, f, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer._save_checkpoint(4)
+    assert compat.load_checkpoint(path)["epoch"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]

@@ -141,6 +141,28 @@ def test_alignrec_uses_fused_modality_when_present(tiny_dataset):
     torch.testing.assert_close(m.h_enc, m.modality_feature("text"))
     _, fallback, _ = _build("AlignRec", data_path, name, encoder_modality="fused")
     assert fallback.h_enc.shape[1] == 8 + 6  # normalised concatenation of image and text
+    _, weighted, _ = _build("AlignRec", data_path, name, encoder_modality="fused",
+                            modality_weights={"image": 0.2})
+    h = weighted.h_enc[1:]  # row 0 is RecBole's padding item
+    torch.testing.assert_close(h.norm(dim=1), torch.ones(len(h)))
+    cos = {m: torch.nn.functional.normalize(weighted.modality_feature(m)[1:], dim=1) for m in ("image", "text")}
+    torch.testing.assert_close(h @ h.T, 0.2 * cos["image"] @ cos["image"].T + 0.8 * cos["text"] @ cos["text"].T)
+
+
+def test_alignrec_train_features_tunes_a_copy(tiny_dataset):
+    """train_features: the MLP input gets gradients; the graph source and REG target do not move."""
+    data_path, name = tiny_dataset
+    _, fixed, _ = _build("AlignRec", data_path, name, train_features=False)
+    assert fixed.h_enc_tuned is None
+    _, m, train = _build("AlignRec", data_path, name, train_features=True)
+    original = m.h_enc.clone()
+    torch.testing.assert_close(m.h_enc_tuned.detach(), original)
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    m.calculate_loss(next(iter(train))).backward()
+    assert m.h_enc_tuned.grad is not None and m.h_enc_tuned.grad.abs().sum() > 0
+    opt.step()
+    assert not torch.allclose(m.h_enc_tuned.detach(), original)
+    torch.testing.assert_close(m.h_enc, original)
 
 
 @pytest.mark.parametrize("switch", [{}, {"prune": False}, {"user_pe": False}, {"item_pe": True},

@@ -95,15 +95,20 @@ class MultimodalRecommender(GeneralRecommender):
     def modality_dims(self) -> dict:
         return {name: self.modality_feature(name).shape[1] for name in self.modalities}
 
-    def concat_features(self, normalize: bool = False) -> torch.Tensor:
+    def concat_features(self, normalize: bool = False, weights: dict | None = None) -> torch.Tensor:
         """All modalities side by side, ``(n_items, sum d)``; each L2-normalised first if asked.
 
         Normalising per modality keeps one large-scale modality (e.g. raw CNN activations) from
-        drowning the others in early fusion.
+        drowning the others in early fusion. With ``weights`` (``{modality: w}``, see
+        :meth:`modality_weights`) the normalised blocks are scaled by ``sqrt(w_m)``, so that the
+        dot product of two rows is ``sum_m w_m cos_m`` -- the weighted mix of per-modality cosines
+        that FREEDOM/USERec give their item graphs -- and the rows stay unit-length.
         """
         feats = [self.modality_feature(n) for n in self.modalities]
         if normalize:
             feats = [F.normalize(f, dim=1) for f in feats]
+        if weights is not None:
+            feats = [f * weights[n] ** 0.5 for f, n in zip(feats, self.modalities)]
         return torch.cat(feats, dim=1)
 
     def feature_tables(self, trainable: bool) -> nn.ModuleDict:

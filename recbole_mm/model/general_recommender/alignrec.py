@@ -4,10 +4,12 @@ Stage 2 (recommendation) of the paper; stage 1 (inter-content alignment pre-trai
 the fused item feature ``h_enc`` as a dataset modality (``encoder_modality``).
 
 * ``h_enc``: the fused modality if the run has it, otherwise the documented fallback: every
-  modality L2-normalised and concatenated (the content MLP below then projects it).
+  modality L2-normalised, weighted by ``sqrt(modality_weights)`` and concatenated (the content
+  MLP below then projects it).
 * ID branch: LightGCN over the normalised user-item graph (layer mean) -> ``h_id``.
 * Content branch: ``h_con_i = e_id_i ⊙ sigmoid(MLP(h_enc_i))``; item-item KNN graph S of ``h_enc``
   (cosine, top-k, sym-normalised, built once and cached); ``h_mm_i = S h_con``, ``h_mm_u = R̂ h_mm``.
+* ``train_features``: the MLP reads a trainable copy of ``h_enc`` (graph and REG target stay fixed).
 * Fusion: ``h = h_mm + h_id`` (``fusion: sum``), or the shared fusion layer
   (``mean | concat | gate | attention``).
 * Loss: BPR + ``reg_weight`` L2 + α CCA (in-batch InfoNCE between h_mm and h_id of the batch's
@@ -40,8 +42,11 @@ class AlignRec(MultimodalRecommender):
                           "cca_temperature")
 
         self.init_id_embeddings(d)
-        h_enc = self.encoder_features(config["encoder_modality"])
+        h_enc = self.encoder_features(config["encoder_modality"], config["modality_weights"])
         self.register_buffer("h_enc", h_enc, persistent=False)
+        # train_features: the content MLP reads a trainable copy of h_enc (as the official code's
+        # unfrozen feature table); the KNN graph and the REG target keep the original h_enc.
+        self.h_enc_tuned = nn.Parameter(h_enc.clone()) if config["train_features"] else None
         self.content_mlp = nn.Sequential(nn.Linear(h_enc.shape[1], d), nn.Linear(d, d))
         self.fusion_mode = config["fusion"] or "sum"
         self.fusion = None if self.fusion_mode == "sum" else Fusion(self.fusion_mode, d, 2)
@@ -73,16 +78,19 @@ class AlignRec(MultimodalRecommender):
         if os.path.isfile(path):
             dataset.load_modality(parse_modalities({name: path}, dataset.dataset_path)[0])
 
-    def encoder_features(self, name) -> torch.Tensor:
-        """``h_enc``: the stage-1 fused modality ``name`` if present, else normalised concatenation."""
+    def encoder_features(self, name, weights=None) -> torch.Tensor:
+        """``h_enc``: the stage-1 fused modality ``name`` if present, else the fallback: modalities
+        L2-normalised, scaled by ``sqrt(w_m)`` (``modality_weights``; equal by default) and
+        concatenated, so cos(h_enc_i, h_enc_j) = sum_m w_m cos_m(i, j)."""
         if name and name in self.modalities:
             return self.modality_feature(name)
-        return self.concat_features(normalize=True)
+        return self.concat_features(normalize=True, weights=self.modality_weights(weights))
 
     def forward(self):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         h_id = lightgcn_propagate(self.adj, ego, self.n_ui_layers)
-        h_con = self.item_embedding.weight * torch.sigmoid(self.content_mlp(self.h_enc))
+        h_in = self.h_enc if self.h_enc_tuned is None else self.h_enc_tuned
+        h_con = self.item_embedding.weight * torch.sigmoid(self.content_mlp(h_in))
         h_mm_items = propagate(self.mm_graph, h_con, self.n_mm_layers)
         h_mm = torch.cat([self.R @ h_mm_items, h_mm_items])
         h = h_id + h_mm if self.fusion is None else self.fusion([h_id, h_mm])

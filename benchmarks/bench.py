@@ -1,7 +1,7 @@
 """Benchmark harness: accuracy, time per epoch, evaluation time and peak memory, per model and seed.
 
     python benchmarks/bench.py --dataset NAME --data_path DIR --models M1 M2 ... [--epochs N]
-                               [--seeds K] [--out OUT] [--threads T] [--key=value ...]
+                               [--seeds K] [--seed0 S] [--out OUT] [--threads T] [--key=value ...]
 
 A model may carry its own overrides, for ablation tables:
 ``--models USERec USERec:prune=False USERec:user_pe=False,item_pe=True`` (the row is labelled
@@ -41,7 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--models", nargs="+", required=True)
     parser.add_argument("--epochs", type=int, default=None, help="max epochs (default: the yaml's)")
-    parser.add_argument("--seeds", type=int, default=1, help="K seeds: 2020, 2021, ...")
+    parser.add_argument("--seeds", type=int, default=1, help="K seeds: SEED0, SEED0 + 1, ...")
+    parser.add_argument("--seed0", type=int, default=BASE_SEED, help=f"first seed (default {BASE_SEED})")
     parser.add_argument("--out", default="bench_out")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per run")
@@ -179,7 +180,7 @@ def main(argv=None):
     open(jsonl_path, "w").close()
     for model in args.models:
         for k in range(args.seeds):
-            seed = BASE_SEED + k
+            seed = args.seed0 + k
             print(f"running {model} seed {seed} ...", file=sys.stderr, flush=True)
             row = run_one(args, overrides, model, seed)
             rows.append(row)

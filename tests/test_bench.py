@@ -28,3 +28,16 @@ def test_bench_writes_csv_markdown_and_curves(tiny_dataset, tmp_path):
     md = (out / "results.md").read_text()
     assert "| VBPR | 2020 |" in md and "Mean ± std" in md and "| VBPR | 2020 |" in proc.stdout
     assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_first_seed_and_overrides_parse():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    args, overrides = bench.parse_args(["--dataset", "d", "--data_path", "p", "--models", "M", "--seeds", "3",
+                                        "--seed0", "2023", "--knn_k=5"])
+    assert (args.seed0, args.seeds, overrides) == (2023, 3, {"knn_k": "5"})
+    args, _ = bench.parse_args(["--dataset", "d", "--data_path", "p", "--models", "M"])
+    assert args.seed0 == bench.BASE_SEED == 2020

@@ -89,6 +89,21 @@ def test_similarity_preserving_loss_matches_the_cosine_matrices(batch, d_h, d_re
     torch.testing.assert_close(g_fast, g_direct)
 
 
+def test_similarity_preserving_loss_on_distinct_rows_with_counts():
+    """Distinct items weighted by their repeat counts = the batch with its repeats (value and grad)."""
+    torch.manual_seed(1)
+    table = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    ref_table = torch.randn(6, 9, dtype=torch.float64)
+    batch = torch.tensor([3, 0, 3, 5, 3, 0, 2])
+    full = loss.similarity_preserving_loss(table[batch], ref_table[batch])
+    items, counts = torch.unique(batch, return_counts=True)
+    dedup = loss.similarity_preserving_loss(table[items], ref_table[items], counts)
+    torch.testing.assert_close(dedup, full)
+    (g_full,) = torch.autograd.grad(full, table)
+    (g_dedup,) = torch.autograd.grad(dedup, table)
+    torch.testing.assert_close(g_dedup, g_full)
+
+
 def test_sinusoidal_encoding_values():
     pe = layers.sinusoidal_encoding(torch.tensor([0, 1, 5]), 6)
     assert pe.shape == (3, 6)

@@ -39,7 +39,7 @@ def bootstrap_loss(online_pred: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return (1 - (p * z).sum(-1)).mean()
 
 
-def similarity_preserving_loss(h: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def similarity_preserving_loss(h: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
     """AlignRec's REG term: ``||C(h_i, h_j) - sg(C(r_i, r_j))||_F / B`` over in-batch pairs, C = cosine.
 
     Keeps the learned multimodal representations ``h`` as mutually (dis)similar as the content
@@ -49,9 +49,17 @@ def similarity_preserving_loss(h: torch.Tensor, reference: torch.Tensor) -> torc
     ``||HH^T - RR^T||^2 = ||H^T H||^2 + ||R^T R||^2 - 2 ||H^T R||^2`` (Frobenius norms; traces of
     products), so the cost is ``B d^2`` instead of ``B^2 d`` (exact; a few hundred times less work
     for B = 2048, d = 64).
+
+    ``counts``: the rows are a batch's *distinct* items, row ``u`` standing for ``counts[u]``
+    repeats. Scaling each normalised row by ``sqrt(counts[u])`` gives exactly the sums over the
+    batch with its repeats (``sum_ij = sum_uv c_u c_v``), at the cost of the distinct rows only.
     """
     hn = torch.nn.functional.normalize(h, dim=-1)
     rn = torch.nn.functional.normalize(reference.detach(), dim=-1)
+    size = h.shape[0]
+    if counts is not None:
+        root = counts.to(h.dtype).sqrt().unsqueeze(1)
+        hn, rn, size = hn * root, rn * root, counts.sum()
 
     def gram_sq(x, y):  # ||x^T y||_F^2 = <x x^T, y y^T>_F: the cheaper of d1 d2 and B (d1 + d2) per row
         if x.shape[1] * y.shape[1] <= x.shape[0] * (x.shape[1] + y.shape[1]):
@@ -61,4 +69,4 @@ def similarity_preserving_loss(h: torch.Tensor, reference: torch.Tensor) -> torc
     with torch.no_grad():
         ref = gram_sq(rn, rn)
     sq = gram_sq(hn, hn) + ref - 2 * gram_sq(hn, rn)
-    return sq.clamp_min(1e-12).sqrt().to(h.dtype) / h.shape[0]
+    return sq.clamp_min(1e-12).sqrt().to(h.dtype) / size

@@ -115,7 +115,9 @@ class AlignRec(MultimodalRecommender):
         if self.uia_weight:
             loss = loss + self.uia_weight * (1 - F.cosine_similarity(u, p, dim=-1)).mean()
         if self.sim_weight:
-            loss = loss + self.sim_weight * similarity_preserving_loss(mm_i[pos], self.h_enc[pos])
+            # exact over the batch with its repeats, computed on the distinct items (counts as weights)
+            items_u, counts = torch.unique(pos, return_counts=True)
+            loss = loss + self.sim_weight * similarity_preserving_loss(mm_i[items_u], self.h_enc[items_u], counts)
         return loss
 
     def inference_embeddings(self):

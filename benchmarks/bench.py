@@ -89,9 +89,20 @@ def _worker(spec: dict) -> dict:
 
 
 def parse_model_spec(spec: str):
-    """``"USERec:prune=False,n_samples=3"`` -> ``("USERec", {"prune": "False", "n_samples": "3"})``."""
+    """``"USERec:prune=False,n_samples=3"`` -> ``("USERec", {"prune": "False", "n_samples": "3"})``.
+
+    A comma only starts a new override when ``key=`` follows it, so values may hold commas
+    (``"AlignRec:use_modalities=['text','audio'],fusion=gate"``).
+    """
+    import re
+
     name, _, rest = spec.partition(":")
-    extra = dict(item.split("=", 1) for item in rest.split(",") if item) if rest else {}
+    extra = {}
+    for item in re.split(r",(?=\s*\w+=)", rest) if rest else []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"model spec {spec!r}: {item!r} is not key=value")
+        extra[key.strip()] = value
     return name, extra
 
 

@@ -41,3 +41,19 @@ def test_first_seed_and_overrides_parse():
     assert (args.seed0, args.seeds, overrides) == (2023, 3, {"knn_k": "5"})
     args, _ = bench.parse_args(["--dataset", "d", "--data_path", "p", "--models", "M"])
     assert args.seed0 == bench.BASE_SEED == 2020
+
+
+def test_model_spec_values_may_hold_commas():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    assert bench.parse_model_spec("USERec:prune=False,n_samples=3") == ("USERec", {"prune": "False", "n_samples": "3"})
+    assert bench.parse_model_spec("AlignRec:use_modalities=['a','b'],fusion=gate,modality_weights={'a':0.1,'b':0.9}") \
+        == ("AlignRec", {"use_modalities": "['a','b']", "fusion": "gate", "modality_weights": "{'a':0.1,'b':0.9}"})
+    assert bench.parse_model_spec("BPR") == ("BPR", {})
+    import pytest
+
+    with pytest.raises(ValueError, match="not key=value"):
+        bench.parse_model_spec("BPR:oops")

@@ -24,6 +24,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -94,8 +95,6 @@ def parse_model_spec(spec: str):
     A comma only starts a new override when ``key=`` follows it, so values may hold commas
     (``"AlignRec:use_modalities=['text','audio'],fusion=gate"``).
     """
-    import re
-
     name, _, rest = spec.partition(":")
     extra = {}
     for item in re.split(r",(?=\s*\w+=)", rest) if rest else []:

@@ -30,12 +30,18 @@ def test_bench_writes_csv_markdown_and_curves(tiny_dataset, tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
 
 
-def test_first_seed_and_overrides_parse():
+def _bench_module():
+    """benchmarks/bench.py imported as a module (it is a script, not a package)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import bench
     finally:
         sys.path.pop(0)
+    return bench
+
+
+def test_first_seed_and_overrides_parse():
+    bench = _bench_module()
     args, overrides = bench.parse_args(["--dataset", "d", "--data_path", "p", "--models", "M", "--seeds", "3",
                                         "--seed0", "2023", "--knn_k=5"])
     assert (args.seed0, args.seeds, overrides) == (2023, 3, {"knn_k": "5"})
@@ -44,11 +50,7 @@ def test_first_seed_and_overrides_parse():
 
 
 def test_model_spec_values_may_hold_commas():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import bench
-    finally:
-        sys.path.pop(0)
+    bench = _bench_module()
     assert bench.parse_model_spec("USERec:prune=False,n_samples=3") == ("USERec", {"prune": "False", "n_samples": "3"})
     assert bench.parse_model_spec("AlignRec:use_modalities=['a','b'],fusion=gate,modality_weights={'a':0.1,'b':0.9}") \
         == ("AlignRec", {"use_modalities": "['a','b']", "fusion": "gate", "modality_weights": "{'a':0.1,'b':0.9}"})

@@ -104,20 +104,21 @@ class AlignRec(MultimodalRecommender):
         u, p, n = users[user], items[pos], items[neg]
         loss = bpr_loss((u * p).sum(1), (u * n).sum(1)) + self.reg_weight * l2_reg(u, p, n)
         mm_u, mm_i = split_users_items(h_mm, self.n_users)
+        # CCA and REG both work on the batch's distinct items (one unique pass serves both)
+        items_d, item_counts = torch.unique(pos, return_counts=True)
         if self.cca_weight:
             # over the batch's distinct items/users (as SGL/SimGCL do): a repeated item is not its
             # own negative, and the B x B logits shrink to distinct x distinct
             id_u, id_i = split_users_items(h_id, self.n_users)
-            items_d, users_d = torch.unique(pos), torch.unique(user)
+            users_d = torch.unique(user)
             cca = info_nce(mm_i[items_d], id_i[items_d], self.cca_temperature) + \
                 info_nce(mm_u[users_d], id_u[users_d], self.cca_temperature)
             loss = loss + self.cca_weight * cca
         if self.uia_weight:
             loss = loss + self.uia_weight * (1 - F.cosine_similarity(u, p, dim=-1)).mean()
         if self.sim_weight:
-            # exact over the batch with its repeats, computed on the distinct items (counts as weights)
-            items_u, counts = torch.unique(pos, return_counts=True)
-            loss = loss + self.sim_weight * similarity_preserving_loss(mm_i[items_u], self.h_enc[items_u], counts)
+            # exact over the batch with its repeats: distinct items weighted by their counts
+            loss = loss + self.sim_weight * similarity_preserving_loss(mm_i[items_d], self.h_enc[items_d], item_counts)
         return loss
 
     def inference_embeddings(self):

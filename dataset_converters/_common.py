@@ -119,6 +119,24 @@ def summary(name: str, splits: dict) -> str:
     return f"{name}: {len(users):,} users x {len(items):,} items; {sizes} interactions"
 
 
+def converter_parser(module: str, doc: str):
+    """The converters' argument parser: first docstring paragraph as description, the rest
+    (formats, examples) as the ``--help`` epilog, kept as written."""
+    import argparse
+
+    description, _, epilog = doc.partition("\n\n")
+    return argparse.ArgumentParser(prog=f"python -m {module}", description=description, epilog=epilog or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def report(name: str, splits: dict, out_dir: str, modalities=None, also: str = "") -> None:
+    """What every converter prints at the end: the split summary, then the modalities written
+    (when the converter tracks them), anything converter-specific, and the output folder."""
+    print(summary(name, splits))
+    parts = [] if modalities is None else [f"modalities: {', '.join(modalities) or 'none'}"]
+    print("; ".join(parts + ([also] if also else []) + [f"written to {out_dir}"]))
+
+
 def run_cli(main, argv=None) -> int:
     """Run a converter's ``main``; bad input ends with a one-line error and exit status 2."""
     try:
@@ -133,6 +151,8 @@ __all__ = [
     "ConversionError",
     "SPLITS",
     "check_integer_column",
+    "converter_parser",
+    "report",
     "k_core",
     "ordered_user_split",
     "random_user_split",

@@ -20,26 +20,25 @@ without metadata text get no row and are filled by the dataset's missing-modalit
 
 from __future__ import annotations
 
-import argparse
 import ast
 import gzip
 import json
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 
 from dataset_converters._common import (
     ConversionError,
+    converter_parser,
     k_core,
     ordered_user_split,
     random_user_split,
     read_table,
+    report,
     run_cli,
     split_by_label,
     staged_output_dir,
-    summary,
     write_dataset_yaml,
     write_split_files,
 )
@@ -131,9 +130,7 @@ def item_text(meta: pd.DataFrame, max_chars: int = 2000) -> pd.Series:
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m dataset_converters.amazon", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = converter_parser("dataset_converters.amazon", __doc__)
     p.add_argument("reviews", help="reviews_<Cat>_5.json(.gz) (2014) or <Cat>_5.json(.gz) (2018)")
     p.add_argument("meta", help="meta_<Cat>.json(.gz)")
     p.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
@@ -221,9 +218,7 @@ def convert(args) -> str:
             write_ids(os.path.join(stage, "text_feat.ids"), items.loc[has_text, "itemID"].astype(str))
             modalities["text"] = "text_feat.npy"
         write_dataset_yaml(stage, args.name, modalities, source=f"dataset_converters.amazon from {args.reviews}")
-    print(summary(args.name, splits))
-    print(f"modalities: {', '.join(modalities) or 'none'}; items file {args.name}.items.jsonl; written to {out_dir}",
-          file=sys.stdout)
+    report(args.name, splits, out_dir, modalities, also=f"items file {args.name}.items.jsonl")
     return out_dir
 
 

@@ -13,7 +13,6 @@ interactions (seeded) to validation; ``--valid-from-test`` uses the test matrix 
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import pickle
@@ -23,10 +22,11 @@ import numpy as np
 
 from dataset_converters._common import (
     ConversionError,
+    converter_parser,
     random_user_split,
+    report,
     run_cli,
     staged_output_dir,
-    summary,
     write_dataset_yaml,
     write_split_files,
 )
@@ -49,9 +49,7 @@ def read_matrix(path: str):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m dataset_converters.diffmm", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = converter_parser("dataset_converters.diffmm", __doc__)
     p.add_argument("input_dir", help="folder with trnMat.pkl, tstMat.pkl [valMat.pkl] and *_feat.npy")
     p.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
     p.add_argument("--name", required=True)
@@ -102,8 +100,7 @@ def convert(args) -> str:
             shutil.copyfile(path, os.path.join(stage, os.path.basename(path)))
             modalities[name] = os.path.basename(path)
         write_dataset_yaml(stage, args.name, modalities, source=f"dataset_converters.diffmm from {args.input_dir}")
-    print(summary(args.name, splits))
-    print(f"modalities: {', '.join(modalities) or 'none'}; written to {out_dir}")
+    report(args.name, splits, out_dir, modalities)
     return out_dir
 
 

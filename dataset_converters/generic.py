@@ -21,7 +21,6 @@ the dataset's missing-modality policy.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -30,13 +29,14 @@ import pandas as pd
 from dataset_converters._common import (
     SPLITS,
     ConversionError,
+    converter_parser,
     k_core,
     ordered_user_split,
     random_user_split,
+    report,
     run_cli,
     split_by_label,
     staged_output_dir,
-    summary,
     write_dataset_yaml,
     write_split_files,
 )
@@ -134,9 +134,7 @@ def load_feature(spec: str, item_column: str, id_column: str = None):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m dataset_converters.generic", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = converter_parser("dataset_converters.generic", __doc__)
     p.add_argument("interactions", help="CSV/TSV/Parquet of interactions")
     p.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
     p.add_argument("--name", required=True)
@@ -175,8 +173,7 @@ def convert(args) -> str:
                   f"({int((~keep).sum()):,} rows for unknown items dropped)")
         write_dataset_yaml(stage, args.name, modalities,
                            source=f"dataset_converters.generic from {args.interactions}")
-    print(summary(args.name, splits))
-    print(f"written to {out_dir}")
+    report(args.name, splits, out_dir)
     return out_dir
 
 

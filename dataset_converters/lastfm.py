@@ -34,10 +34,10 @@ from dataset_converters._common import (
     k_core,
     random_user_split,
     read_table,
+    report,
     run_cli,
     split_by_label,
     staged_output_dir,
-    summary,
     write_dataset_yaml,
     write_split_files,
 )
@@ -144,8 +144,7 @@ def convert(args) -> str:
             write_ids(os.path.join(stage, "text_feat.ids"), items[has_text])
             modalities["text"] = "text_feat.npy"
         write_dataset_yaml(stage, args.name, modalities, source=f"dataset_converters.lastfm from {args.raw_dir}")
-    print(summary(args.name, splits))
-    print(f"modalities: {', '.join(modalities) or 'none'}; written to {out_dir}")
+    report(args.name, splits, out_dir, modalities)
     return out_dir
 
 

@@ -21,10 +21,10 @@ from dataset_converters._common import (
     ConversionError,
     check_integer_column,
     read_table,
+    report,
     run_cli,
     split_by_label,
     staged_output_dir,
-    summary,
     write_dataset_yaml,
     write_split_files,
 )
@@ -81,8 +81,7 @@ def convert(input_dir: str, output_root: str, name: str = None, force: bool = Fa
             if os.path.isfile(os.path.join(input_dir, mapping)):
                 shutil.copyfile(os.path.join(input_dir, mapping), os.path.join(stage, mapping))
         write_dataset_yaml(stage, name, modalities, source=f"dataset_converters.mmrec from {input_dir}")
-    print(summary(name, splits))
-    print(f"modalities: {', '.join(modalities) or 'none'}; written to {out_dir}")
+    report(name, splits, out_dir, modalities)
     return out_dir
 
 

@@ -143,3 +143,21 @@ def test_lastfm_split_from_must_match_interactions(tmp_path):
         [str(tmp_path / "raw"), str(tmp_path / "out"), "--split-from", str(tmp_path / "split.inter"), "--no-text"])
     with pytest.raises(ConversionError, match=r"split.inter: row 2: \(userID 99, itemID 1\) is not in .*user_artists.dat"):
         lastfm.convert(args)
+
+
+def test_report_and_parser_helpers(capsys):
+    import numpy as np
+
+    from dataset_converters._common import converter_parser, report
+
+    splits = {s: (np.array([1, 2]), np.array([5, 6])) for s in ("train", "valid", "test")}
+    report("d", splits, "/out", {"text": "t.npy"}, also="items file d.items.jsonl")
+    report("d", splits, "/out", {})
+    report("d", splits, "/out")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "modalities: text; items file d.items.jsonl; written to /out"
+    assert lines[3] == "modalities: none; written to /out" and lines[5] == "written to /out"
+    assert lines[0] == "d: 2 users x 2 items; train 2 / valid 2 / test 2 interactions"
+    parser = converter_parser("dataset_converters.x", "First line.\n\nExamples:\n  keep   this layout")
+    assert parser.prog == "python -m dataset_converters.x" and parser.description == "First line."
+    assert "  keep   this layout" in parser.format_help()

@@ -81,10 +81,13 @@ def evaluate_features(features: torch.Tensor, train_R, exclude_R, test_R, k_neig
     return {name: {k: v / len(users) for k, v in metrics.items()} for name, metrics in totals.items()}
 
 
-def feature_sets(item_features: dict, selected=None) -> dict:
-    """``{label: (n_items, d) tensor}``: each modality, their concatenation, and all-but-one."""
-    names = list(selected or item_features)
-    unknown = [n for n in names if n not in item_features]
+def feature_sets(item_features: dict, selected=None, added=()) -> dict:
+    """``{label: (n_items, d) tensor}``: each modality, their concatenation, all-but-one, and then
+    each ``added`` feature set (e.g. stage-1 output) on its own -- a candidate to compare against
+    the raw modalities, so it never enters their concatenation or masked sets."""
+    added = list(added)
+    names = [n for n in (selected or item_features) if n not in added]
+    unknown = [n for n in names + added if n not in item_features]
     if unknown:
         raise ValueError(f"--features names {unknown}; the dataset has {list(item_features)}")
     sets = {n: item_features[n] for n in names}
@@ -94,6 +97,7 @@ def feature_sets(item_features: dict, selected=None) -> dict:
         if len(names) > 2:
             for masked in names:
                 sets[f"masked -{masked}"] = concat([n for n in names if n != masked])
+    sets.update((n, item_features[n]) for n in added)
     return sets
 
 
@@ -117,7 +121,7 @@ def run(dataset_name: str, data_path: str, features=None, k: int = 10, overrides
         exclude_R = (train_R + _user_matrix(valid, n_users, n_items)).coalesce()
     test_R = _user_matrix(test, n_users, n_items)
     rows = []
-    for label, feats in feature_sets(dataset.item_features, features).items():
+    for label, feats in feature_sets(dataset.item_features, features, added=extra or ()).items():
         result = evaluate_features(feats, train_R, exclude_R, test_R, k_neighbours=k)
         for protocol, metrics in result.items():
             rows.append((label, protocol, metrics))
@@ -134,12 +138,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m recbole_mm.feature_quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data_path", required=True)
-    parser.add_argument("--features", nargs="+", default=None, help="modalities to score (default: all)")
+    parser.add_argument("--features", nargs="+", default=None,
+                        help="modalities to score and combine (default: all but the --add files)")
     parser.add_argument("--k", type=int, default=10, help="neighbours of the item-CF KNN graph")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     parser.add_argument("--add", nargs="+", default=[], metavar="NAME=FILE",
-                        help="also score these feature files (relative to the dataset folder), "
-                             "e.g. fused=fused_feat.npy")
+                        help="also score these feature files (relative to the dataset folder), each on "
+                             "its own, e.g. fused=fused_feat.npy")
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     overrides = dict(item[2:].split("=", 1) for item in extra if item.startswith("--") and "=" in item)
     extra = dict(item.split("=", 1) for item in args.add)

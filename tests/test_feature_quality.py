@@ -28,6 +28,11 @@ def test_feature_sets():
     assert sets["masked -a"].shape == (5, 6)
     with pytest.raises(ValueError, match="audio"):
         feature_sets(feats, ["audio"])
+    # an added set (stage-1 output) is scored alone, never mixed into the raw concat / masked sets,
+    # whether or not the selection names it
+    for selected in (None, ["a", "b", "c"], ["a", "b"]):
+        sets = feature_sets(feats, selected, added=["c"])
+        assert list(sets) == ["a", "b", "concat(a+b)", "c"]
 
 
 def test_informative_features_beat_noise(tmp_path):
@@ -54,5 +59,5 @@ def test_informative_features_beat_noise(tmp_path):
             for line in table.splitlines() if line.startswith("| ") and "features" not in line}
     assert rows[("good", "zero-shot")] > 2 * rows[("noise", "zero-shot")]
     assert rows[("good", "item-CF")] > 2 * rows[("noise", "item-CF")]
-    assert ("concat(good+noise+copy)", "zero-shot") in rows and ("masked -noise", "item-CF") in rows
+    assert ("concat(good+noise)", "zero-shot") in rows and not any(r[0].startswith("masked") for r in rows)
     assert rows[("copy", "zero-shot")] == rows[("good", "zero-shot")]  # an added file is scored like a modality

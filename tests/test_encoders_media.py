@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recbole_mm.encoders.__main__ import main
-from tiny_models import build_tiny_clip, build_tiny_llava, build_tiny_vit, write_images
+from tiny_models import build_tiny_clip, build_tiny_llava, build_tiny_siglip, build_tiny_vit, write_images
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,39 @@ def test_image_batching_does_not_change_features(tmp_path, clip_dir):
     assert main(["image", "--items", items, "--output", str(again), "--model", clip_dir, "--batch-size", "4",
                  "--quiet"]) == 0
     np.testing.assert_array_equal(np.load(again), feats[1])  # deterministic
+
+
+def test_siglip_poolings_match_the_model(tmp_path):
+    """SigLIP: default pooling is the joint projection; cls is the attention-pooling head's output."""
+    import torch
+    from transformers import AutoImageProcessor, SiglipModel
+
+    from recbole_mm.encoders.image import load_image
+
+    siglip = build_tiny_siglip(str(tmp_path / "siglip"))
+    items = _items(tmp_path, n=3, broken=False)
+    outs = {}
+    for pooling in (None, "cls", "mean"):
+        out = tmp_path / f"s_{pooling}.npy"
+        args = ["image", "--items", items, "--output", str(out), "--model", siglip, "--batch-size", "2", "--quiet"]
+        assert main(args + (["--pooling", pooling] if pooling else [])) == 0
+        outs[pooling] = np.load(out)
+        assert json.loads((tmp_path / f"s_{pooling}.json").read_text())["pooling"] == (pooling or "projection")
+        assert (tmp_path / f"s_{pooling}.ids").read_text().split() == ["100", "101", "102"]  # 103's file is missing
+
+    model = SiglipModel.from_pretrained(siglip).eval()
+    pixels = AutoImageProcessor.from_pretrained(siglip)(
+        images=[load_image(str(tmp_path / "img" / f"p{i}.png")) for i in range(3)], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        joint = model.get_image_features(pixel_values=pixels)
+        tower = model.vision_model(pixel_values=pixels)
+    joint = getattr(joint, "pooler_output", joint)
+    np.testing.assert_allclose(outs[None], joint.numpy(), atol=1e-5)
+    np.testing.assert_allclose(outs["cls"], tower.pooler_output.numpy(), atol=1e-5)
+    np.testing.assert_allclose(outs["mean"], tower.last_hidden_state.mean(1).numpy(), atol=1e-5)
+    assert not np.allclose(outs["cls"], outs["mean"], atol=1e-3)  # the attention head is not a plain mean
+    # SigLIP has no projection layer: its joint-space image embedding is that pooled output
+    np.testing.assert_allclose(outs[None], outs["cls"], atol=1e-6)
 
 
 def test_image_dir_mode_and_vision_only_model(tmp_path):

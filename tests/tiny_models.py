@@ -1,6 +1,6 @@
 """Tiny randomly initialised transformers models saved to disk, for the image and MLLM encoder paths.
 
-Built from configs (nothing downloaded): a CLIP with a 32x32 vision tower, and a LLaVA-style
+Built from configs (nothing downloaded): a CLIP and a SigLIP with a 32x32 vision tower, and a LLaVA-style
 vision-language model (tiny CLIP vision tower + 3-layer Llama) whose tokenizer is the BERT
 word-piece tokenizer shipped with the installed all-MiniLM-L6-v2 package plus an ``<image>`` token.
 """
@@ -34,6 +34,20 @@ def build_tiny_clip(path: str) -> str:
         vision_config=_vision(), projection_dim=8)
     CLIPModel(config).eval().save_pretrained(path)
     _image_processor().save_pretrained(path)
+    return path
+
+
+def build_tiny_siglip(path: str) -> str:
+    """SigLIP: sigmoid-loss image-text model whose vision tower pools with an attention head."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(0)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16),
+        vision_config=_vision())
+    SiglipModel(config).eval().save_pretrained(path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
 
 

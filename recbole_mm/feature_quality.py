@@ -6,15 +6,16 @@ recommendation, judged without training a recommender?
 
 For every feature set — each modality alone, all modalities concatenated (each L2-normalised),
 and, with three or more modalities (with two, masking one leaves the other alone), all-but-one
-("masked") — on the dataset's test split:
+("masked") — on the dataset's test split (``--split valid``: on the validation split, so that
+feature settings such as AlignRec's stage-1 options can be chosen without looking at test):
 
 * **zero-shot**: a user is the mean of the normalised features of their training items; items
   are ranked by cosine to it;
 * **item-CF**: an item-item KNN graph of the features (top-``k`` cosine) used as an item-based
   recommender, ``score(u, i) = sum_{j in train(u)} S_ji``.
 
-Ranking excludes each user's training items (and validation items under the default
-``test_mask: train_valid``); the table reports Recall/NDCG@{10,20}. All vectorised: users are
+Ranking excludes each user's training items (and, on the test split, validation items under the
+default ``test_mask: train_valid``); the table reports Recall/NDCG@{10,20}. All vectorised: users are
 scored in batches with one matrix product.
 """
 
@@ -101,7 +102,8 @@ def feature_sets(item_features: dict, selected=None, added=()) -> dict:
     return sets
 
 
-def run(dataset_name: str, data_path: str, features=None, k: int = 10, overrides=None, extra=None) -> str:
+def run(dataset_name: str, data_path: str, features=None, k: int = 10, overrides=None, extra=None,
+        split: str = "test") -> str:
     from recbole_mm.config import Config
     from recbole_mm.data import create_dataset
 
@@ -113,20 +115,26 @@ def run(dataset_name: str, data_path: str, features=None, k: int = 10, overrides
 
         for spec in parse_modalities(extra, dataset.dataset_path):
             dataset.load_modality(spec)
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', not {split!r}")
     train, valid, test = dataset.build()
     n_users, n_items = dataset.user_num, dataset.item_num
     train_R = _user_matrix(train, n_users, n_items)
     exclude_R = train_R
-    if (config["test_mask"] or "train_valid") == "train_valid":
-        exclude_R = (train_R + _user_matrix(valid, n_users, n_items)).coalesce()
-    test_R = _user_matrix(test, n_users, n_items)
+    mask = config["test_mask"] or "train_valid"
+    if split == "valid":  # as RecBole's valid evaluation: only training items are excluded
+        test_R, mask = _user_matrix(valid, n_users, n_items), "train"
+    else:
+        if mask == "train_valid":
+            exclude_R = (train_R + _user_matrix(valid, n_users, n_items)).coalesce()
+        test_R = _user_matrix(test, n_users, n_items)
     rows = []
     for label, feats in feature_sets(dataset.item_features, features, added=extra or ()).items():
         result = evaluate_features(feats, train_R, exclude_R, test_R, k_neighbours=k)
         for protocol, metrics in result.items():
             rows.append((label, protocol, metrics))
     header = "| features | protocol | " + " | ".join(f"{m}@{t}" for m in ("recall", "ndcg") for t in TOPK) + " |"
-    lines = [f"Feature quality on {dataset_name} (test split, {config['test_mask']} masking, item-CF k={k})", "",
+    lines = [f"Feature quality on {dataset_name} ({split} split, {mask} masking, item-CF k={k})", "",
              header, "|" + "---|" * (2 + 2 * len(TOPK))]
     for label, protocol, metrics in rows:
         cells = [f"{metrics[f'{m}@{t}']:.4f}" for m in ("recall", "ndcg") for t in TOPK]
@@ -141,6 +149,8 @@ def main(argv=None):
     parser.add_argument("--features", nargs="+", default=None,
                         help="modalities to score and combine (default: all but the --add files)")
     parser.add_argument("--k", type=int, default=10, help="neighbours of the item-CF KNN graph")
+    parser.add_argument("--split", choices=("test", "valid"), default="test",
+                        help="score on this split (valid: for choosing feature settings without test)")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     parser.add_argument("--add", nargs="+", default=[], metavar="NAME=FILE",
                         help="also score these feature files (relative to the dataset folder), each on "
@@ -148,7 +158,7 @@ def main(argv=None):
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     overrides = dict(item[2:].split("=", 1) for item in extra if item.startswith("--") and "=" in item)
     extra = dict(item.split("=", 1) for item in args.add)
-    table = run(args.dataset, args.data_path, args.features, args.k, overrides, extra)
+    table = run(args.dataset, args.data_path, args.features, args.k, overrides, extra, split=args.split)
     if args.out:
         from recbole_mm.io import atomic_write_text
 

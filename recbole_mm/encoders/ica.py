@@ -175,7 +175,7 @@ def pretrain_ica(features: dict, present: dict, epochs: int = 50, batch_size: in
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total, batches = total + float(loss), batches + 1
+            total, batches = total + loss.item(), batches + 1
         losses.append(total / max(batches, 1))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     encoder.eval()

@@ -27,6 +27,38 @@ ICA_KEYS = {  # config key -> pretrain_ica argument
 }
 
 
+def stage1_settings(config) -> dict:
+    """The ``pretrain_ica`` arguments given by ``config`` (as recorded in the sidecar's ``settings``)."""
+    return {arg: config[key] for key, arg in ICA_KEYS.items() if config[key] is not None}
+
+
+def check_stage1_file(path: str, config, modalities) -> None:
+    """Refuse to reuse a stage-1 file made from other modalities or other ICA settings.
+
+    Reads the ``.json`` sidecar next to ``path`` (written by :func:`run_stage1`); a file without
+    one, or not made by the ICA encoder, is the user's own and is taken as it is.
+    """
+    sidecar = os.path.splitext(path)[0] + ".json"
+    if not os.path.isfile(sidecar):
+        return
+    with open(sidecar) as fh:
+        meta = json.load(fh)
+    if meta.get("encoder") != "ica":
+        return
+    wanted = {"modalities": sorted(modalities), "settings": stage1_settings(config)}
+    found = {"modalities": sorted(meta.get("modalities", [])), "settings": meta.get("settings", {})}
+    for field in ("modalities", "settings"):
+        if found[field] != wanted[field]:
+            if field == "settings":
+                keys = sorted(k for k in set(wanted[field]) | set(found[field])
+                              if wanted[field].get(k) != found[field].get(k))
+                found[field] = {k: found[field].get(k) for k in keys}
+                wanted[field] = {k: wanted[field].get(k) for k in keys}
+            raise ValueError(f"{sidecar}: field '{field}' is {found[field]}, but this run's stage 1 would use "
+                             f"{wanted[field]}; pass the same settings, pretrain_overwrite=True to re-run stage 1, "
+                             f"pretrain=False to use the file as it is, or another encoder_file")
+
+
 def run_stage1(config, dataset, output_path: str, exclude=()) -> dict:
     """Pre-train on ``dataset.item_features`` (minus ``exclude``) and write the fused feature file."""
     from recbole_mm.encoders.ica import pretrain_ica
@@ -36,7 +68,7 @@ def run_stage1(config, dataset, output_path: str, exclude=()) -> dict:
         raise ValueError("ICA pre-training needs at least one modality in the dataset")
     features = {m: dataset.item_features[m][1:] for m in names}  # real items only
     present = {m: dataset.item_feature_mask[m][1:] for m in names}
-    kwargs = {arg: config[key] for key, arg in ICA_KEYS.items() if config[key] is not None}
+    kwargs = stage1_settings(config)
     getLogger().info("ICA pre-training on modalities %s (%d items)", names, len(features[names[0]]))
     _, fused, losses = pretrain_ica(features, present, seed=config["seed"],
                                     show_progress=bool(config["show_progress"]), **kwargs)

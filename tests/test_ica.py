@@ -57,15 +57,49 @@ def test_two_stage_cli_and_one_call(tiny_dataset, tmp_path):
     again = subprocess.run([sys.executable, "-m", "recbole_mm.pretrain", *base], capture_output=True, text=True,
                            cwd=REPO, timeout=300)
     assert again.returncode == 2 and "--force" in again.stderr
-    # stage 2 picks the file up
-    run = [sys.executable, str(REPO / "run_recbole_mm.py"), "--model=AlignRec", *base[:2], "--epochs=1",
-           "--show_progress=False", "--embedding_size=8", f"--checkpoint_dir={tmp_path / 'ck'}"]
+    # stage 2 (same stage-1 settings) picks the file up
+    run = [sys.executable, str(REPO / "run_recbole_mm.py"), "--model=AlignRec", *base, "--epochs=1",
+           "--embedding_size=8", f"--checkpoint_dir={tmp_path / 'ck'}"]
     out = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0 and "TEST_RESULT {" in out.stdout, out.stderr[-2000:]
     assert "[fused]: 8-d" in out.stdout + out.stderr
-    # one call: --pretrain=true writes the file first
+    assert json.loads(fused.with_suffix(".json").read_text())["settings"]["epochs"] == 2  # not re-run
+    # one call: stage 1 runs first when the file is missing (pretrain: True by default)
     fused.unlink()
-    out = subprocess.run(run + ["--pretrain=true", "--ica_epochs=1", "--ica_hidden=16", "--ica_heads=2",
-                                "--ica_output_dim=8"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    out = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0 and "TEST_RESULT {" in out.stdout, out.stderr[-2000:]
-    assert fused.exists()
+    assert fused.exists() and "ICA pre-training" in out.stdout + out.stderr
+
+
+def test_pretrain_refuses_a_stale_stage1_file(tiny_dataset):
+    """--pretrain=true reuses fused_feat.npy only when its sidecar matches this run's modalities and
+    ICA settings; pretrain_overwrite re-runs stage 1; a file without a sidecar is the user's own."""
+    import pytest
+
+    from recbole_mm.config import Config
+    from recbole_mm.data import create_dataset
+    from recbole_mm.model.general_recommender.alignrec import AlignRec
+
+    data_path, name = tiny_dataset
+    fused = Path(data_path) / name / "fused_feat.npy"
+
+    def prepare(**kw):
+        config = Config("AlignRec", name, config_dict={"data_path": data_path, "state": "WARNING", "pretrain": True,
+                                                        "show_progress": False, "ica_epochs": 1, "ica_hidden": 16,
+                                                        "ica_heads": 2, **kw})
+        dataset = create_dataset(config)
+        AlignRec.prepare_dataset(config, dataset)
+        return dataset
+
+    assert prepare(ica_output_dim=8).item_features["fused"][1].shape == (8,)  # written, then loaded
+    assert prepare(ica_output_dim=8).item_features["fused"][1].shape == (8,)  # same settings: reused
+    stamp = fused.stat().st_mtime_ns
+    with pytest.raises(ValueError, match=r"fused_feat\.json: field 'settings'.*output_dim.*pretrain_overwrite"):
+        prepare(ica_output_dim=4)
+    with pytest.raises(ValueError, match=r"field 'modalities' is \['image', 'text'\].*\['text'\]"):
+        prepare(ica_output_dim=8, use_modalities=["text"])
+    assert fused.stat().st_mtime_ns == stamp  # nothing was overwritten
+    assert prepare(ica_output_dim=4, pretrain_overwrite=True).item_features["fused"][1].shape == (4,)
+    assert prepare(ica_output_dim=16, pretrain=False).item_features["fused"][1].shape == (4,)  # as it is
+    fused.with_suffix(".json").unlink()  # no sidecar: the user's own file, taken as it is
+    assert prepare(ica_output_dim=16).item_features["fused"][1].shape == (4,)

@@ -20,6 +20,7 @@ the fused item feature ``h_enc`` as a dataset modality (``encoder_modality``).
 from __future__ import annotations
 
 import os
+from logging import getLogger
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,8 @@ class AlignRec(MultimodalRecommender):
 
         ``<dataset dir>/<encoder_file>`` is loaded if it exists; with ``pretrain: True`` stage 1
         (ICA pre-training, :mod:`recbole_mm.pretrain`) first writes it when it is missing or
-        ``pretrain_overwrite`` is set.
+        ``pretrain_overwrite`` is set, and refuses a file its sidecar says was made from other
+        modalities or ICA settings.
         """
         from recbole_mm.data.features import parse_modalities
 
@@ -71,10 +73,13 @@ class AlignRec(MultimodalRecommender):
         if not name or not file or name in dataset.item_features:
             return
         path = file if os.path.isabs(file) else os.path.join(dataset.dataset_path, file)
-        if config["pretrain"] and (config["pretrain_overwrite"] or not os.path.isfile(path)):
-            from recbole_mm.pretrain import run_stage1
+        if config["pretrain"]:
+            from recbole_mm.pretrain import check_stage1_file, run_stage1
 
-            run_stage1(config, dataset, path, exclude=(name,))
+            if config["pretrain_overwrite"] or not os.path.isfile(path):
+                run_stage1(config, dataset, path, exclude=(name,))
+            else:  # reuse it only if it is what stage 1 would write now
+                check_stage1_file(path, config, [m for m in dataset.item_features if m != name])
         if os.path.isfile(path):
             dataset.load_modality(parse_modalities({name: path}, dataset.dataset_path)[0])
 
@@ -84,6 +89,9 @@ class AlignRec(MultimodalRecommender):
         concatenated, so cos(h_enc_i, h_enc_j) = sum_m w_m cos_m(i, j)."""
         if name and name in self.modalities:
             return self.modality_feature(name)
+        getLogger().warning("AlignRec: no stage-1 features '%s'; h_enc falls back to the normalised concatenation "
+                            "of %s (the yaml defaults are tuned for stage-1 features: run with --pretrain=true)",
+                            name, sorted(self.modalities))
         return self.concat_features(normalize=True, weights=self.modality_weights(weights))
 
     def forward(self):

@@ -5,8 +5,8 @@
 
 Trains :class:`recbole_mm.encoders.ica.ICAEncoder` on the dataset's modalities and writes
 ``<dataset dir>/fused_feat.npy`` (+ ``.ids``, ``.json``). Stage 2 (``run_recbole_mm.py
---model=AlignRec``) picks the file up as its ``h_enc`` (config ``encoder_file``);
-``run_recbole_mm.py --model=AlignRec --pretrain=true`` runs both stages in one call.
+--model=AlignRec``) picks the file up as its ``h_enc`` (config ``encoder_file``); with
+``pretrain: True`` (the default) that command runs stage 1 itself when the file is missing.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """AlignRec (Liu et al., CIKM 2024): "AlignRec: Aligning and Training in Multimodal Recommendations".
 
-Stage 2 (recommendation) of the paper; stage 1 (inter-content alignment pre-training) produces
-the fused item feature ``h_enc`` as a dataset modality (``encoder_modality``).
+Stage 2 (recommendation) of the paper; stage 1 (inter-content alignment pre-training,
+:mod:`recbole_mm.pretrain`, run first by default: ``pretrain: True``) produces the fused item
+feature ``h_enc`` as a dataset modality (``encoder_modality``).
 
 * ``h_enc``: the fused modality if the run has it, otherwise the documented fallback: every
   modality L2-normalised, weighted by ``sqrt(modality_weights)`` and concatenated (the content

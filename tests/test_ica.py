@@ -57,8 +57,10 @@ def test_two_stage_cli_and_one_call(tiny_dataset, tmp_path):
     again = subprocess.run([sys.executable, "-m", "recbole_mm.pretrain", *base], capture_output=True, text=True,
                            cwd=REPO, timeout=300)
     assert again.returncode == 2 and "--force" in again.stderr
-    # stage 2 (same stage-1 settings) picks the file up
-    run = [sys.executable, str(REPO / "run_recbole_mm.py"), "--model=AlignRec", *base, "--epochs=1",
+    # stage 2 (same stage-1 settings) picks the file up; data_path relative to the working directory
+    assert Path(data_path) == tmp_path / "data"
+    run = [sys.executable, str(REPO / "run_recbole_mm.py"), "--model=AlignRec", base[0], "--data_path=data/", *base[2:],
+           "--epochs=1",
            "--embedding_size=8", f"--checkpoint_dir={tmp_path / 'ck'}"]
     out = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0 and "TEST_RESULT {" in out.stdout, out.stderr[-2000:]

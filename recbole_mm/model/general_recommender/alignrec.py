@@ -81,8 +81,8 @@ class AlignRec(MultimodalRecommender):
                 run_stage1(config, dataset, path, exclude=(name,))
             else:  # reuse it only if it is what stage 1 would write now
                 check_stage1_file(path, config, [m for m in dataset.item_features if m != name])
-        if os.path.isfile(path):
-            dataset.load_modality(parse_modalities({name: path}, dataset.dataset_path)[0])
+        if os.path.isfile(path):  # absolute: a relative data_path must not be joined twice
+            dataset.load_modality(parse_modalities({name: os.path.abspath(path)}, dataset.dataset_path)[0])
 
     def encoder_features(self, name, weights=None) -> torch.Tensor:
         """``h_enc``: the stage-1 fused modality ``name`` if present, else the fallback: modalities

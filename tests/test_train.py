@@ -97,3 +97,21 @@ def test_run_hyper_cli(tiny_dataset, tmp_path, model):
     assert "BEST_PARAMS {\"learning_rate\"" in out.stdout
     table = result_file.read_text()
     assert "learning_rate:0.01" in table and "learning_rate:0.001" in table and "valid recall@20" in table
+
+
+def test_run_hyper_over_alignrec_stage1_settings(tiny_dataset, tmp_path):
+    """Searching ica_* settings: with pretrain_overwrite every trial re-runs stage 1 on its own settings."""
+    data_path, name = tiny_dataset
+    params = tmp_path / "hyper.test"
+    params.write_text("ica_output_dim choice [4,8]\n")
+    cmd = [sys.executable, str(REPO / "run_hyper.py"), "--model=AlignRec", f"--dataset={name}",
+           f"--data_path={data_path}", f"--params_file={params}", "--epochs=1", "--show_progress=False",
+           "--pretrain_overwrite=True", "--ica_epochs=1", "--ica_hidden=16", "--ica_heads=2", "--embedding_size=8",
+           f"--output_file={tmp_path / 'hyper.md'}", f"--checkpoint_dir={tmp_path / 'ck'}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (out.stdout + out.stderr).count("ICA pre-training on modalities") == 2
+    table = (tmp_path / "hyper.md").read_text()
+    assert "ica_output_dim:4" in table and "ica_output_dim:8" in table
+    meta = json.loads((Path(data_path) / name / "fused_feat.json").read_text())
+    assert meta["settings"]["output_dim"] in (4, 8)

@@ -103,5 +103,8 @@ def test_pretrain_refuses_a_stale_stage1_file(tiny_dataset):
     assert fused.stat().st_mtime_ns == stamp  # nothing was overwritten
     assert prepare(ica_output_dim=4, pretrain_overwrite=True).item_features["fused"][1].shape == (4,)
     assert prepare(ica_output_dim=16, pretrain=False).item_features["fused"][1].shape == (4,)  # as it is
-    fused.with_suffix(".json").unlink()  # no sidecar: the user's own file, taken as it is
+    sidecar = fused.with_suffix(".json")
+    sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), encoder="beit3")))
+    assert prepare(ica_output_dim=16).item_features["fused"][1].shape == (4,)  # another encoder's file
+    sidecar.unlink()  # no sidecar: the user's own file, taken as it is
     assert prepare(ica_output_dim=16).item_features["fused"][1].shape == (4,)

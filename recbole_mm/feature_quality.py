@@ -2,7 +2,7 @@
 recommendation, judged without training a recommender?
 
     python -m recbole_mm.feature_quality --dataset NAME --data_path DIR [--features MOD ...]
-        [--add fused=fused_feat.npy] [--k 10] [--out OUT.md] [--key=value ...]
+        [--add fused=fused_feat.npy] [--k 10] [--split test|valid] [--out OUT.md] [--key=value ...]
 
 For every feature set — each modality alone, all modalities concatenated (each L2-normalised),
 and, with three or more modalities (with two, masking one leaves the other alone), all-but-one

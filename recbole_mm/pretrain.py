@@ -45,17 +45,14 @@ def check_stage1_file(path: str, config, modalities) -> None:
         meta = json.load(fh)
     if meta.get("encoder") != "ica":
         return
-    wanted = {"modalities": sorted(modalities), "settings": stage1_settings(config)}
-    found = {"modalities": sorted(meta.get("modalities", [])), "settings": meta.get("settings", {})}
-    for field in ("modalities", "settings"):
-        if found[field] != wanted[field]:
-            if field == "settings":
-                keys = sorted(k for k in set(wanted[field]) | set(found[field])
-                              if wanted[field].get(k) != found[field].get(k))
-                found[field] = {k: found[field].get(k) for k in keys}
-                wanted[field] = {k: wanted[field].get(k) for k in keys}
-            raise ValueError(f"{sidecar}: field '{field}' is {found[field]}, but this run's stage 1 would use "
-                             f"{wanted[field]}; pass the same settings, pretrain_overwrite=True to re-run stage 1, "
+    settings, recorded = stage1_settings(config), meta.get("settings", {})
+    changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+    checks = (("modalities", sorted(meta.get("modalities", [])), sorted(modalities)),
+              ("settings", {k: recorded.get(k) for k in changed}, {k: settings.get(k) for k in changed}))
+    for field, found, wanted in checks:
+        if found != wanted:
+            raise ValueError(f"{sidecar}: field '{field}' is {found}, but this run's stage 1 would use "
+                             f"{wanted}; pass the same settings, pretrain_overwrite=True to re-run stage 1, "
                              f"pretrain=False to use the file as it is, or another encoder_file")
 
 

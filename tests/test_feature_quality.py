@@ -77,7 +77,7 @@ def test_informative_features_beat_noise(tmp_path):
     assert rows[("copy", "zero-shot")] == rows[("good", "zero-shot")]  # an added file is scored like a modality
 
 
-def test_valid_split_scores_the_validation_items(tmp_path, capsys):
+def test_valid_split_scores_the_validation_items(tmp_path):
     """Valid items come from another cluster than the user's history: the cluster feature must score
     high on test and only chance level on valid (Recall@20 ~ 9 of 60 other-cluster items), so
     ``--split valid`` really ranks the valid items."""

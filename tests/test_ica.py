@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from recbole_mm.encoders.ica import ICAEncoder, pretrain_ica
@@ -60,8 +61,7 @@ def test_two_stage_cli_and_one_call(tiny_dataset, tmp_path):
     # stage 2 (same stage-1 settings) picks the file up; data_path relative to the working directory
     assert Path(data_path) == tmp_path / "data"
     run = [sys.executable, str(REPO / "run_recbole_mm.py"), "--model=AlignRec", base[0], "--data_path=data/", *base[2:],
-           "--epochs=1",
-           "--embedding_size=8", f"--checkpoint_dir={tmp_path / 'ck'}"]
+           "--epochs=1", "--embedding_size=8", f"--checkpoint_dir={tmp_path / 'ck'}"]
     out = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0 and "TEST_RESULT {" in out.stdout, out.stderr[-2000:]
     assert "[fused]: 8-d" in out.stdout + out.stderr
@@ -76,8 +76,6 @@ def test_two_stage_cli_and_one_call(tiny_dataset, tmp_path):
 def test_pretrain_refuses_a_stale_stage1_file(tiny_dataset):
     """--pretrain=true reuses fused_feat.npy only when its sidecar matches this run's modalities and
     ICA settings; pretrain_overwrite re-runs stage 1; a file without a sidecar is the user's own."""
-    import pytest
-
     from recbole_mm.config import Config
     from recbole_mm.data import create_dataset
     from recbole_mm.model.general_recommender.alignrec import AlignRec

@@ -109,25 +109,29 @@ class AlignRec(MultimodalRecommender):
         user = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
         h, h_mm, h_id = self.forward()
-        users, items = split_users_items(h, self.n_users)
-        u, p, n = users[user], items[pos], items[neg]
+        # Rows are gathered from the whole (users; items) tables with item ids offset by n_users, one
+        # gather per table: each gather's backward is then one scatter into one zero table, instead
+        # of a zero table + scatter + slice copy per gather of a users/items view.
+        n_u = self.n_users
+        u, p, n = h[torch.cat([user, pos + n_u, neg + n_u])].chunk(3)
         loss = bpr_loss((u * p).sum(1), (u * n).sum(1)) + self.reg_weight * l2_reg(u, p, n)
-        mm_u, mm_i = split_users_items(h_mm, self.n_users)
-        # CCA and REG both work on the batch's distinct items (one unique pass serves both)
-        items_d, item_counts = torch.unique(pos, return_counts=True)
+        if self.cca_weight or self.sim_weight:
+            # CCA and REG work on the batch's distinct items (and CCA on its distinct users, as
+            # SGL/SimGCL do): a repeated item is not its own negative, and the B x B logits shrink
+            # to distinct x distinct
+            items_d, item_counts = torch.unique(pos, return_counts=True)
+            users_d = torch.unique(user) if self.cca_weight else user[:0]
+            rows = torch.cat([users_d, items_d + n_u])
+            mm_u, mm_i = h_mm[rows].split([len(users_d), len(items_d)])
         if self.cca_weight:
-            # over the batch's distinct items/users (as SGL/SimGCL do): a repeated item is not its
-            # own negative, and the B x B logits shrink to distinct x distinct
-            id_u, id_i = split_users_items(h_id, self.n_users)
-            users_d = torch.unique(user)
-            cca = info_nce(mm_i[items_d], id_i[items_d], self.cca_temperature) + \
-                info_nce(mm_u[users_d], id_u[users_d], self.cca_temperature)
+            id_u, id_i = h_id[rows].split([len(users_d), len(items_d)])
+            cca = info_nce(mm_i, id_i, self.cca_temperature) + info_nce(mm_u, id_u, self.cca_temperature)
             loss = loss + self.cca_weight * cca
         if self.uia_weight:
             loss = loss + self.uia_weight * (1 - F.cosine_similarity(u, p, dim=-1)).mean()
         if self.sim_weight:
             # exact over the batch with its repeats: distinct items weighted by their counts
-            loss = loss + self.sim_weight * similarity_preserving_loss(mm_i[items_d], self.h_enc[items_d], item_counts)
+            loss = loss + self.sim_weight * similarity_preserving_loss(mm_i, self.h_enc[items_d], item_counts)
         return loss
 
     def inference_embeddings(self):

@@ -24,6 +24,7 @@ ICA_KEYS = {  # config key -> pretrain_ica argument
     "ica_epochs": "epochs", "ica_batch_size": "batch_size", "ica_learning_rate": "lr",
     "ica_mask_ratio": "mask_ratio", "ica_hidden": "hidden", "ica_tokens": "tokens_per_modality",
     "ica_layers": "n_layers", "ica_heads": "n_heads", "ica_output_dim": "output_dim",
+    "ica_backbone": "backbone", "ica_backbone_tower": "backbone_tower",
 }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbole_mm.encoders.ica import ICAEncoder, pretrain_ica
+from recbole_mm.encoders.ica import ICAEncoder, PretrainedLayers, load_backbone_layers, pretrain_ica
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,6 +44,68 @@ def test_masked_tokens_do_not_leak_and_missing_rows_are_not_targets():
     torch.testing.assert_close(seq, seq2)  # the masked content reaches no token
     none = {"a": torch.zeros(3, dtype=torch.bool), "b": torch.zeros(3, dtype=torch.bool)}
     assert float(enc.masked_loss(x, none, 0.5)) == 0.0
+
+
+def _tiny_bert(path) -> str:
+    """A 3-layer, 16-wide BERT built from a config (nothing downloaded)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(str(path))
+    return str(path)
+
+
+def _same_weights(ours, theirs):
+    mine, ref = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == ref.keys()
+    for key in ref:
+        torch.testing.assert_close(mine[key], ref[key], rtol=0, atol=0)
+
+
+def test_backbone_layers_come_from_the_pretrained_model(tmp_path):
+    """ica_backbone: the fusion layers are the backbone's own first layers (one tower of a
+    vision-language model), at its width; bad paths, towers and depths are named in the error."""
+    from transformers import AutoModel
+
+    from tests.tiny_models import build_tiny_clip
+
+    bert = _tiny_bert(tmp_path / "bert")
+    layers, width = load_backbone_layers(bert, 2)
+    assert width == 16 and len(layers) == 2
+    reference = AutoModel.from_pretrained(bert)
+    for ours, theirs in zip(layers, reference.encoder.layer):
+        _same_weights(ours, theirs)
+
+    clip = build_tiny_clip(str(tmp_path / "clip"))
+    clip_ref = AutoModel.from_pretrained(clip)
+    for tower in ("text", "vision"):
+        layers, _ = load_backbone_layers(clip, 1, tower)
+        _same_weights(layers[0], getattr(clip_ref, f"{tower}_model").encoder.layers[0])
+    with pytest.raises(AssertionError):  # the two towers really differ, so the pick above means something
+        _same_weights(load_backbone_layers(clip, 1, "text")[0][0], clip_ref.vision_model.encoder.layers[0])
+
+    with pytest.raises(ValueError, match="ica_layers: 4 layers asked for.*has 3"):
+        load_backbone_layers(bert, 4)
+    with pytest.raises(ValueError, match=r"ica_backbone_tower: 'audio'.*vision_model\.encoder\.layers"):
+        load_backbone_layers(clip, 1, "audio")
+    with pytest.raises(ValueError, match="ica_backbone: cannot load a transformers model from .*nowhere"):
+        load_backbone_layers(str(tmp_path / "nowhere"), 1)
+
+
+def test_pretraining_from_a_backbone(tmp_path):
+    """The encoder starts from the backbone's weights and its masked loss falls on shared-signal data."""
+    bert = _tiny_bert(tmp_path / "bert")
+    feats, present = _shared_signal()
+    start, _, _ = pretrain_ica(feats, present, epochs=0, show_progress=False, tokens_per_modality=4,
+                               output_dim=8, n_layers=2, backbone=bert)
+    assert isinstance(start.transformer, PretrainedLayers) and start.mask_token.shape == (16,)
+    for ours, theirs in zip(start.transformer.layers, load_backbone_layers(bert, 2)[0]):
+        _same_weights(ours, theirs)
+    _, fused, losses = pretrain_ica(feats, present, epochs=30, batch_size=64, show_progress=False,
+                                    tokens_per_modality=4, output_dim=8, n_layers=2, backbone=bert)
+    assert losses[-1] < 0.6 * losses[0]
+    assert fused.shape == (256, 8) and np.isfinite(fused).all()
 
 
 def test_two_stage_cli_and_one_call(tiny_dataset, tmp_path):
@@ -98,6 +160,8 @@ def test_pretrain_refuses_a_stale_stage1_file(tiny_dataset):
         prepare(ica_output_dim=4)
     with pytest.raises(ValueError, match=r"field 'modalities' is \['image', 'text'\].*\['text'\]"):
         prepare(ica_output_dim=8, use_modalities=["text"])
+    with pytest.raises(ValueError, match=r"field 'settings' is \{'backbone': None\}.*'backbone': '/any/model'"):
+        prepare(ica_output_dim=8, ica_backbone="/any/model")
     assert fused.stat().st_mtime_ns == stamp  # nothing was overwritten
     assert prepare(ica_output_dim=4, pretrain_overwrite=True).item_features["fused"][1].shape == (4,)
     assert prepare(ica_output_dim=16, pretrain=False).item_features["fused"][1].shape == (4,)  # as it is

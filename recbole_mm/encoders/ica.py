@@ -18,11 +18,19 @@ pre-extracted feature vectors we use the feature-regression analogue:
 Inputs are L2-normalised per modality and centred (the item mean subtracted): raw sentence/audio
 embeddings share a large common direction that dominates their cosines. The fused output is
 centred too. Missing modality rows (``item_feature_mask`` False) are never used as targets.
+
+Pretrained initialisation (``backbone``): the fusion stack can be the first ``n_layers`` transformer
+layers of a local transformers model — a vision-language model's text or vision tower (CLIP,
+SigLIP), a language model (BERT, MiniLM) or a vision transformer — instead of randomly initialised
+layers; the width is then the backbone's. The layers run without an attention mask (every token
+sees every other, also for CLIP's causal text tower) and are fine-tuned by ``L_ICA``; the token
+inputs stay the feature chunks above (the paper's encoder reads raw pixels and word pieces).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -31,10 +39,72 @@ from torch import nn
 from tqdm import tqdm
 
 
+class PretrainedLayers(nn.Module):
+    """Transformer layers taken from a pretrained model, applied in turn to ``(B, L, hidden)``."""
+
+    def __init__(self, layers: nn.ModuleList):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            out = layer(x, None)  # attention_mask=None: bidirectional over all tokens
+            x = out[0] if isinstance(out, tuple) else out  # transformers 4.x returns tuples
+        return x
+
+
+def _layer_width(layer: nn.Module) -> int:
+    norms = [m.normalized_shape[0] for m in layer.modules() if isinstance(m, nn.LayerNorm)]
+    if not norms:
+        raise ValueError(f"cannot tell the width of {type(layer).__name__}: it has no LayerNorm")
+    return int(norms[-1])
+
+
+def load_backbone_layers(name_or_path: str, n_layers: int, tower: str = None):
+    """The first ``n_layers`` transformer layers of a local transformers model, and their width.
+
+    ``name_or_path``: a model directory, a model an installed package carries (``all-MiniLM-L6-v2``),
+    or a hub name (its cache only, with ``HF_HUB_OFFLINE=1``). The layers are the model's
+    ``ModuleList`` named ``layer``/``layers``; for a model with several (a vision-language model's
+    text and vision towers) ``tower`` picks the one under ``<tower>_model`` (default ``text``).
+    """
+    from transformers import AutoModel
+
+    from recbole_mm.encoders.text import resolve_text_model
+
+    resolved = resolve_text_model(name_or_path)
+    try:
+        model = AutoModel.from_pretrained(resolved, local_files_only=os.path.isdir(resolved))
+    except Exception as exc:  # transformers raises OSError/ValueError/KeyError by cause
+        raise ValueError(f"ica_backbone: cannot load a transformers model from '{name_or_path}' "
+                         f"(resolved to '{resolved}'): {exc}") from exc
+    stacks = {name: mod for name, mod in model.named_modules()
+              if isinstance(mod, nn.ModuleList) and len(mod) and name.rsplit(".", 1)[-1] in ("layer", "layers")}
+    if len(stacks) > 1 or tower:
+        prefix = f"{tower or 'text'}_model."
+        picked = {name: mod for name, mod in stacks.items() if name.startswith(prefix)}
+        if len(picked) != 1:
+            raise ValueError(f"ica_backbone_tower: '{tower or 'text'}' names no single layer stack of "
+                             f"{type(model).__name__} ('{name_or_path}'); its stacks: {sorted(stacks)}")
+        stacks = picked
+    if not stacks:
+        raise ValueError(f"ica_backbone: {type(model).__name__} ('{name_or_path}') has no transformer layer "
+                         "stack (a ModuleList named 'layer' or 'layers')")
+    layers = next(iter(stacks.values()))
+    if n_layers > len(layers):
+        raise ValueError(f"ica_layers: {n_layers} layers asked for, but the backbone '{name_or_path}' has "
+                         f"{len(layers)}")
+    layers = nn.ModuleList(list(layers)[:n_layers])
+    return layers, _layer_width(layers[0])
+
+
 class ICAEncoder(nn.Module):
     def __init__(self, dims: dict, hidden: int = 64, tokens_per_modality: int = 8, n_layers: int = 2,
-                 n_heads: int = 4, output_dim: int = 64, dropout: float = 0.1):
+                 n_heads: int = 4, output_dim: int = 64, dropout: float = 0.1,
+                 backbone_layers: nn.ModuleList = None):
         super().__init__()
+        if backbone_layers is not None:
+            hidden = _layer_width(backbone_layers[0])  # the pretrained layers set the width
         self.names = list(dims)
         self.T = tokens_per_modality
         self.chunk = {m: math.ceil(d / tokens_per_modality) for m, d in dims.items()}
@@ -43,9 +113,12 @@ class ICAEncoder(nn.Module):
         self.modality_emb = nn.Parameter(torch.randn(len(self.names), 1, hidden) * 0.02)
         self.position_emb = nn.Parameter(torch.randn(1, tokens_per_modality, hidden) * 0.02)
         self.mask_token = nn.Parameter(torch.zeros(hidden))
-        layer = nn.TransformerEncoderLayer(hidden, n_heads, dim_feedforward=2 * hidden, dropout=dropout,
-                                           batch_first=True, norm_first=True)
-        self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        if backbone_layers is not None:
+            self.transformer = PretrainedLayers(backbone_layers)
+        else:
+            layer = nn.TransformerEncoderLayer(hidden, n_heads, dim_feedforward=2 * hidden, dropout=dropout,
+                                               batch_first=True, norm_first=True)
+            self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, output_dim)
         self.reconstruct = nn.ModuleDict({m: nn.Linear(output_dim, d) for m, d in dims.items()})
@@ -147,9 +220,15 @@ def init_principal_subspace(encoder: ICAEncoder, features: dict) -> None:
 
 def pretrain_ica(features: dict, present: dict, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
                  mask_ratio: float = 0.5, seed: int = 2020, show_progress: bool = True, device: str = "cpu",
-                 **encoder_kwargs):
+                 backbone: str = None, backbone_tower: str = None, **encoder_kwargs):
     """Train an :class:`ICAEncoder` on ``features`` (``{name: (n, d)}``, rows = items) and return
-    ``(encoder, fused (n, output_dim) float32 numpy array, per-epoch losses)``."""
+    ``(encoder, fused (n, output_dim) float32 numpy array, per-epoch losses)``.
+
+    ``backbone``: initialise the fusion layers from this pretrained model (:func:`load_backbone_layers`,
+    ``encoder_kwargs['n_layers']`` of them; ``hidden`` and ``n_heads`` are then the backbone's)."""
+    if backbone:
+        encoder_kwargs["backbone_layers"], _ = load_backbone_layers(backbone, encoder_kwargs.get("n_layers", 2),
+                                                                    backbone_tower)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     names = list(features)

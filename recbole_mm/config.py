@@ -89,6 +89,10 @@ class Config(RecBoleConfig):
     def _init_device(self):
         if "local_rank" not in self.final_config_dict:
             super()._init_device()
+            # RecBole 1.2.1 picks CUDA whenever it is there (only an empty gpu_id turns it off) and
+            # ignores use_gpu; honour it, as the distributed branch below does
+            if self.final_config_dict.get("use_gpu", True) is False:
+                self.final_config_dict["device"] = torch.device("cpu")
             return
         # Distributed run: RecBole hard-codes NCCL (CUDA only); use gloo on CPU.
         gpu_id = self.final_config_dict["gpu_id"]

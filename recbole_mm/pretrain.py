@@ -68,7 +68,7 @@ def run_stage1(config, dataset, output_path: str, exclude=()) -> dict:
     present = {m: dataset.item_feature_mask[m][1:] for m in names}
     kwargs = stage1_settings(config)
     getLogger().info("ICA pre-training on modalities %s (%d items)", names, len(features[names[0]]))
-    _, fused, losses = pretrain_ica(features, present, seed=config["seed"],
+    _, fused, losses = pretrain_ica(features, present, seed=config["seed"], device=config["device"] or "cpu",
                                     show_progress=bool(config["show_progress"]), **kwargs)
     stem = os.path.splitext(output_path)[0]
     write_ids(stem + ".ids", dataset.field2id_token[dataset.iid_field][1:])

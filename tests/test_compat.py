@@ -108,3 +108,14 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         trainer._save_checkpoint(4)
     assert compat.load_checkpoint(path)["epoch"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]
+
+
+def test_use_gpu_false_keeps_a_single_process_run_on_cpu(tiny_dataset, monkeypatch):
+    """RecBole 1.2.1 moves to CUDA whenever it is available, whatever use_gpu says; our Config
+    honours use_gpu=False (the device is only named here, so no GPU is needed to check it)."""
+    from recbole_mm.config import Config
+
+    data_path, name = tiny_dataset
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert Config("BPR", name, config_dict={"data_path": data_path})["device"].type == "cuda"
+    assert Config("BPR", name, config_dict={"data_path": data_path, "use_gpu": False})["device"].type == "cpu"

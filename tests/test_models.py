@@ -14,7 +14,9 @@ GRAPH_MODELS = ["LATTICE", "FREEDOM", "BM3", "MGCN", "LGMRec", "AlignRec", "USER
 
 
 def _build(model_name, data_path, name, **overrides):
-    config = Config(model_name, name, config_dict={"data_path": data_path, **FAST, **overrides})
+    """A model built by hand, for tests that call its methods on CPU tensors directly (on any machine:
+    with a GPU, RecBole would put the graphs on it); the end-to-end tests run on the run's device."""
+    config = Config(model_name, name, config_dict={"data_path": data_path, **FAST, "use_gpu": False, **overrides})
     dataset = create_dataset(config)
     train, valid, test = data_preparation(config, dataset)
     torch.manual_seed(0)

@@ -92,6 +92,13 @@ def test_backbone_layers_come_from_the_pretrained_model(tmp_path):
     with pytest.raises(ValueError, match="ica_backbone: cannot load a transformers model from .*nowhere"):
         load_backbone_layers(str(tmp_path / "nowhere"), 1)
 
+    from transformers import LlamaConfig, LlamaModel  # decoder layers need rotary embeddings from outside
+
+    LlamaModel(LlamaConfig(vocab_size=30, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=2)).save_pretrained(str(tmp_path / "llama"))
+    with pytest.raises(ValueError, match="ica_backbone: the LlamaDecoderLayer layers of .*llama.* cannot run"):
+        load_backbone_layers(str(tmp_path / "llama"), 1)
+
 
 def test_pretraining_from_a_backbone(tmp_path):
     """The encoder starts from the backbone's weights and its masked loss falls on shared-signal data."""

@@ -54,9 +54,13 @@ class PretrainedLayers(nn.Module):
 
 
 def _layer_width(layer: nn.Module) -> int:
-    norms = [m.normalized_shape[0] for m in layer.modules() if isinstance(m, nn.LayerNorm)]
+    """Hidden size of a transformer layer: the size of its (last) LayerNorm / RMSNorm."""
+    norms = [m.normalized_shape[0] if isinstance(m, nn.LayerNorm) else m.weight.shape[0]
+             for m in layer.modules()
+             if isinstance(m, nn.LayerNorm) or ("Norm" in type(m).__name__ and getattr(m, "weight", None) is not None
+                                                and m.weight.dim() == 1)]
     if not norms:
-        raise ValueError(f"cannot tell the width of {type(layer).__name__}: it has no LayerNorm")
+        raise ValueError(f"ica_backbone: cannot tell the width of {type(layer).__name__}: it has no norm layer")
     return int(norms[-1])
 
 
@@ -95,7 +99,16 @@ def load_backbone_layers(name_or_path: str, n_layers: int, tower: str = None):
         raise ValueError(f"ica_layers: {n_layers} layers asked for, but the backbone '{name_or_path}' has "
                          f"{len(layers)}")
     layers = nn.ModuleList(list(layers)[:n_layers])
-    return layers, _layer_width(layers[0])
+    width = _layer_width(layers[0])
+    try:  # fail here, naming the model, rather than in the first training step
+        with torch.no_grad():
+            PretrainedLayers(layers).eval()(torch.zeros(1, 2, width))
+    except Exception as exc:
+        raise ValueError(f"ica_backbone: the {type(layers[0]).__name__} layers of '{name_or_path}' cannot run on "
+                         f"a token sequence alone ({type(exc).__name__}: {exc}); decoder layers that need rotary "
+                         "position embeddings (Llama, Qwen) cannot; use an encoder such as BERT/MiniLM, ViT or a "
+                         "CLIP/SigLIP tower") from exc
+    return layers, width
 
 
 class ICAEncoder(nn.Module):

@@ -137,13 +137,16 @@ def test_alignrec_loss_terms_switch_off(tiny_dataset):
     assert m2.calculate_loss(batch) > m.calculate_loss(batch)  # 1 - cos adds a positive term
 
 
-def test_alignrec_loss_is_the_sum_of_its_terms(tiny_dataset):
-    """With every term on, calculate_loss (one gather per table) equals the paper's objective written
-    term by term on the forward() tables, in value and in every parameter's gradient."""
+@pytest.mark.parametrize("off", [None, "cca_weight", "sim_weight"])
+def test_alignrec_loss_is_the_sum_of_its_terms(tiny_dataset, off):
+    """calculate_loss (one gather per table) equals the paper's objective written term by term on the
+    forward() tables, in value and in every parameter's gradient; also with CCA or REG off."""
     from recbole_mm.model.loss import bpr_loss, info_nce, l2_reg, similarity_preserving_loss
 
     data_path, name = tiny_dataset
     w = dict(cca_weight=0.5, uia_weight=0.3, sim_weight=0.7, reg_weight=0.01)
+    if off:
+        w[off] = 0.0
     _, m, train = _build("AlignRec", data_path, name, **w)
     batch = next(iter(train))
     user, pos, neg = batch["user_id"], batch["item_id"], batch["neg_item_id"]

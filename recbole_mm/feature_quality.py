@@ -104,6 +104,8 @@ def feature_sets(item_features: dict, selected=None, added=()) -> dict:
 
 def run(dataset_name: str, data_path: str, features=None, k: int = 10, overrides=None, extra=None,
         split: str = "test") -> str:
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', not {split!r}")
     from recbole_mm.config import Config
     from recbole_mm.data import create_dataset
 
@@ -115,8 +117,6 @@ def run(dataset_name: str, data_path: str, features=None, k: int = 10, overrides
 
         for spec in parse_modalities(extra, dataset.dataset_path):
             dataset.load_modality(spec)
-    if split not in ("test", "valid"):
-        raise ValueError(f"split must be 'test' or 'valid', not {split!r}")
     train, valid, test = dataset.build()
     n_users, n_items = dataset.user_num, dataset.item_num
     train_R = _user_matrix(train, n_users, n_items)

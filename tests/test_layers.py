@@ -81,6 +81,39 @@ def test_info_nce_extreme_temperature_is_finite():
     assert torch.isfinite(value) and torch.isfinite(a.grad).all()
 
 
+@pytest.mark.parametrize("temperature", [0.2, 0.01])
+def test_info_nce_bfloat16_is_close_to_the_exact_value_and_gradient(temperature):
+    """The bfloat16 (B, B) path (AlignRec's ``cca_dtype``): loss and gradients within bf16 rounding
+    of the float64 result, returned in float32; a wrong row sum or a dropped term fails by far more.
+    Below t = 0.1 bf16 logits would be too coarse, and the float32 path is taken (same value)."""
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(300, 64, generator=g)
+    a0 = z + 0.7 * torch.randn(300, 64, generator=g)  # correlated positives, like a trained model
+    b0 = z + 0.7 * torch.randn(300, 64, generator=g)
+    results = {}
+    for name, dtype, kind in (("exact", None, torch.float64), ("bf16", torch.bfloat16, torch.float32)):
+        a, b = a0.to(kind).requires_grad_(), b0.to(kind).requires_grad_()
+        value = loss.info_nce(a, b, temperature, dtype=dtype)
+        (value * 2.0).backward()
+        results[name] = (value, a.grad, b.grad)
+    (v64, ga64, gb64), (v16, ga16, gb16) = results["exact"], results["bf16"]
+    assert v16.dtype == ga16.dtype == gb16.dtype == torch.float32
+    assert v16.item() == pytest.approx(v64.item(), rel=2e-3, abs=1e-6)
+    if temperature < 0.1:
+        assert v16.item() == loss.info_nce(a0, b0, temperature).item()
+    for got, ref in ((ga16, ga64), (gb16, gb64)):
+        assert ((got.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+def test_contrastive_dtype_settings():
+    assert loss.contrastive_dtype("float32", "cpu") is None
+    assert loss.contrastive_dtype("bfloat16", "cpu") is torch.bfloat16
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert loss.contrastive_dtype("auto", "cpu") is (torch.bfloat16 if native else None)
+    with pytest.raises(ValueError, match="cca_dtype must be float32, bfloat16 or auto, not 'fp16'"):
+        loss.contrastive_dtype("fp16", "cpu")
+
+
 def test_bootstrap_loss_stops_target_gradient():
     p = torch.tensor([[1.0, 0.0]], requires_grad=True)
     z = torch.tensor([[0.0, 1.0]], requires_grad=True)

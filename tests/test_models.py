@@ -137,14 +137,16 @@ def test_alignrec_loss_terms_switch_off(tiny_dataset):
     assert m2.calculate_loss(batch) > m.calculate_loss(batch)  # 1 - cos adds a positive term
 
 
-@pytest.mark.parametrize("off", [None, "cca_weight", "sim_weight"])
-def test_alignrec_loss_is_the_sum_of_its_terms(tiny_dataset, off):
-    """calculate_loss (one gather per table) equals the paper's objective written term by term on the
-    forward() tables, in value and in every parameter's gradient; also with CCA or REG off."""
+@pytest.mark.parametrize("off, cca_dtype", [(None, "auto"), (None, "float32"), (None, "bfloat16"),
+                                            ("cca_weight", "auto"), ("sim_weight", "auto")])
+def test_alignrec_loss_is_the_sum_of_its_terms(tiny_dataset, off, cca_dtype):
+    """calculate_loss (one gather per table, BPR/L2/UIA sharing row products) equals the paper's
+    objective written term by term on the forward() tables, in value and in every parameter's
+    gradient; also with CCA or REG off, and with the CCA in each ``cca_dtype``."""
     from recbole_mm.model.loss import bpr_loss, info_nce, l2_reg, similarity_preserving_loss
 
     data_path, name = tiny_dataset
-    w = dict(cca_weight=0.5, uia_weight=0.3, sim_weight=0.7, reg_weight=0.01)
+    w = dict(cca_weight=0.5, uia_weight=0.3, sim_weight=0.7, reg_weight=0.01, cca_dtype=cca_dtype)
     if off:
         w[off] = 0.0
     _, m, train = _build("AlignRec", data_path, name, **w)
@@ -157,10 +159,12 @@ def test_alignrec_loss_is_the_sum_of_its_terms(tiny_dataset, off):
     u, p, n = h[:nu][user], h[nu:][pos], h[nu:][neg]
     users_d, items_d = torch.unique(user), torch.unique(pos)
     reference = (bpr_loss((u * p).sum(1), (u * n).sum(1)) + w["reg_weight"] * l2_reg(u, p, n)
-                 + w["cca_weight"] * (info_nce(h_mm[nu:][items_d], h_id[nu:][items_d], m.cca_temperature)
-                                      + info_nce(h_mm[:nu][users_d], h_id[:nu][users_d], m.cca_temperature))
+                 + w["cca_weight"] * (info_nce(h_mm[nu:][items_d], h_id[nu:][items_d], m.cca_temperature, m.cca_dtype)
+                                      + info_nce(h_mm[:nu][users_d], h_id[:nu][users_d], m.cca_temperature,
+                                                 m.cca_dtype))
                  + w["uia_weight"] * (1 - torch.nn.functional.cosine_similarity(u, p, dim=-1)).mean()
                  + w["sim_weight"] * similarity_preserving_loss(h_mm[nu:][pos], m.h_enc[pos]))  # with repeats
+    assert m.cca_dtype == {"float32": None, "bfloat16": torch.bfloat16}.get(cca_dtype, m.cca_dtype)
     params = [q for q in m.parameters() if q.requires_grad]
     expected = torch.autograd.grad(reference, params)
     value = m.calculate_loss(batch)

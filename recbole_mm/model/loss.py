@@ -25,45 +25,87 @@ class _InfoNCELogits(torch.autograd.Function):
     """``mean_i (logsumexp_j <a_i, b_j> - <a_i, b_i>)`` with a hand-written backward.
 
     Same value and gradient as ``cross_entropy(a @ b.T, arange(B))``, with fewer passes over the
-    (B, B) logits: forward = one matmul, one in-place ``exp`` and one row sum (the shift comes from
-    ``bound`` >= every logit when the caller knows one, so no max pass); backward = two matmuls with
+    (B, B) logits: forward = one matmul, one in-place ``exp`` and one row sum (the ``shift`` is a
+    bound >= every logit when the caller knows one, so no max pass); backward = two matmuls with
     the kept ``exp`` matrix, using ``d/da_i = sum_j p_ij b_j - b_i`` (softmax p), i.e. the identity
     part of ``p - I`` applied to the (B, d) side instead of a (B, B) one-hot. Measured 7.3 ms against
     12.0 ms for autograd's log-softmax + NLL at B = 1,200, d = 64 (2 CPU threads, forward + backward).
+
+    ``dtype`` (``torch.bfloat16``): the (B, B) part -- the three matmuls (which accumulate in
+    float32 inside oneDNN / cuBLAS), the kept ``exp`` matrix and its row sums (accumulated in float32,
+    rounded to bfloat16 once) -- runs in that type; the positive logits, the loss and the returned
+    gradients are float32. The caller passes ``shift`` 0 there (logits are within +-10, see
+    :func:`info_nce`), which also keeps a rounding step out of the bf16 logits.
     """
 
     @staticmethod
-    def forward(ctx, a, b, bound):
-        logits = a @ b.T
-        shift = logits.amax(1, keepdim=True) if bound is None else bound
-        e = logits.sub_(shift).exp_()  # in place: the (B, B) buffer is reused for exp
-        s = e.sum(1, keepdim=True)
+    def forward(ctx, a, b, shift, dtype=None):
+        low = dtype is not None and dtype != a.dtype
+        al, bl = (a.to(dtype), b.to(dtype)) if low else (a, b)
+        logits = al @ bl.T
+        if shift is None:
+            shift = logits.amax(1, keepdim=True).to(a.dtype)
+        if not isinstance(shift, float) or shift != 0.0:
+            logits.sub_(shift)
+        e = logits.exp_()  # in place: the (B, B) buffer is reused for exp
+        s = e.sum(1, keepdim=True).to(a.dtype)
         loss = (s.log() + shift - (a * b).sum(1, keepdim=True)).mean()
-        ctx.save_for_backward(a, b, e, s)
+        ctx.save_for_backward(a, b, bl, e, s)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        a, b, e, s = ctx.saved_tensors
+        a, b, bl, e, s = ctx.saved_tensors
         scale = grad / a.shape[0]
-        grad_a = (e @ b).div_(s).sub_(b).mul_(scale)
-        grad_b = (e.T @ (a / s)).sub_(a).mul_(scale)
-        return grad_a, grad_b, None
+        grad_a = (e @ bl).to(a.dtype).div_(s).sub_(b).mul_(scale)
+        grad_b = (e.T @ (a / s).to(e.dtype)).to(a.dtype).sub_(a).mul_(scale)
+        return grad_a, grad_b, None, None
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+def contrastive_dtype(setting: str | None, device: torch.device | str, key: str = "cca_dtype") -> torch.dtype | None:
+    """The ``dtype`` argument of :func:`info_nce` for a config value ``float32 | bfloat16 | auto``.
+
+    ``auto`` is bfloat16 where the hardware multiplies it natively (oneDNN's bf16 check on CPU:
+    AVX512-BF16 or AMX; CUDA devices that support bf16) and float32 elsewhere, where bf16 matmuls are
+    emulated and slower than float32. ``None`` means float32.
+    """
+    value = str(setting or "float32").lower()
+    if value not in ("float32", "bfloat16", "auto"):
+        raise ValueError(f"{key} must be float32, bfloat16 or auto, not {setting!r}")
+    if value == "auto":
+        device = torch.device(device)
+        if device.type == "cuda":
+            native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        else:
+            native = device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        value = "bfloat16" if native else "float32"
+    return torch.bfloat16 if value == "bfloat16" else None
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, dtype: torch.dtype | None = None) -> torch.Tensor:
     """In-batch InfoNCE: row i of ``a`` and row i of ``b`` are positives, other rows of ``b`` negatives.
 
     ``-mean_i log( exp(cos(a_i,b_i)/t) / sum_j exp(cos(a_i,b_j)/t) )`` on L2-normalised rows.
+    ``dtype=torch.bfloat16`` computes the (B, B) logits, their ``exp`` and the two backward matmuls
+    in bfloat16 (see :class:`_InfoNCELogits`): about 2x faster on CPUs with AVX512-BF16/AMX, with a
+    relative error of ~1e-5 in the loss and ~4e-4 in the gradients at t = 0.2 (tests/test_layers.py).
+    bfloat16 keeps 8 significant bits, so a logit L is off by up to |L|/256: below t = 0.1 (logits
+    beyond +-10, exp off by more than 4%) the float32 path is taken instead.
     """
     # scaling the (B, d) side by 1/t instead of the (B, B) logits saves a B^2 pass
     a = torch.nn.functional.normalize(a, dim=-1) / temperature
     b = torch.nn.functional.normalize(b, dim=-1)
     # cosines lie in [-1, 1], so 1/t bounds every logit: exp(logit - 1/t) >= exp(-2/t) cannot
-    # underflow in float32 while 2/t < ~80; below that temperature take the row max.
-    bound = 1.0 / temperature if 2.0 / temperature < 80.0 and a.dtype != torch.float16 else None
-    return _InfoNCELogits.apply(a, b, bound)
+    # underflow in float32 while 2/t < ~80; below that temperature take the row max. The bf16 path
+    # (t >= 0.1, logits within +-10) needs no shift: exp(10) * B stays far from overflow.
+    if dtype is not None and temperature < 0.1:
+        dtype = None
+    if dtype is not None:
+        bound = 0.0
+    else:
+        bound = 1.0 / temperature if 2.0 / temperature < 80.0 and a.dtype != torch.float16 else None
+    return _InfoNCELogits.apply(a, b, bound, dtype)
 
 
 def bootstrap_loss(online_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,8 @@ def contrastive_dtype(setting: str | None, device: torch.device | str, key: str 
     return torch.bfloat16 if value == "bfloat16" else None
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, dtype: torch.dtype | None = None,
+             normalized: bool = False) -> torch.Tensor:
     """In-batch InfoNCE: row i of ``a`` and row i of ``b`` are positives, other rows of ``b`` negatives.
 
     ``-mean_i log( exp(cos(a_i,b_i)/t) / sum_j exp(cos(a_i,b_j)/t) )`` on L2-normalised rows.
@@ -92,10 +93,13 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, dtype: torch.
     relative error of ~1e-5 in the loss and ~4e-4 in the gradients at t = 0.2 (tests/test_layers.py).
     bfloat16 keeps 8 significant bits, so a logit L is off by up to |L|/256: below t = 0.1 (logits
     beyond +-10, exp off by more than 4%) the float32 path is taken instead.
+    ``normalized=True``: the caller has already L2-normalised the rows (e.g. once for rows it also
+    uses elsewhere).
     """
-    # scaling the (B, d) side by 1/t instead of the (B, B) logits saves a B^2 pass
-    a = torch.nn.functional.normalize(a, dim=-1) / temperature
-    b = torch.nn.functional.normalize(b, dim=-1)
+    if not normalized:
+        a = torch.nn.functional.normalize(a, dim=-1)
+        b = torch.nn.functional.normalize(b, dim=-1)
+    a = a / temperature  # scaling the (B, d) side by 1/t instead of the (B, B) logits saves a B^2 pass
     # cosines lie in [-1, 1], so 1/t bounds every logit: exp(logit - 1/t) >= exp(-2/t) cannot
     # underflow in float32 while 2/t < ~80; below that temperature take the row max. The bf16 path
     # (t >= 0.1, logits within +-10) needs no shift: exp(10) * B stays far from overflow.
@@ -115,7 +119,8 @@ def bootstrap_loss(online_pred: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return (1 - (p * z).sum(-1)).mean()
 
 
-def similarity_preserving_loss(h: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+def similarity_preserving_loss(h: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor | None = None,
+                               normalized: bool = False) -> torch.Tensor:
     """AlignRec's REG term: ``||C(h_i, h_j) - sg(C(r_i, r_j))||_F / B`` over in-batch pairs, C = cosine.
 
     Keeps the learned multimodal representations ``h`` as mutually (dis)similar as the content
@@ -129,8 +134,9 @@ def similarity_preserving_loss(h: torch.Tensor, reference: torch.Tensor, counts:
     ``counts``: the rows are a batch's *distinct* items, row ``u`` standing for ``counts[u]``
     repeats. Scaling each normalised row by ``sqrt(counts[u])`` gives exactly the sums over the
     batch with its repeats (``sum_ij = sum_uv c_u c_v``), at the cost of the distinct rows only.
+    ``normalized=True``: the rows of ``h`` are already L2-normalised (``reference`` is normalised here).
     """
-    hn = torch.nn.functional.normalize(h, dim=-1)
+    hn = h if normalized else torch.nn.functional.normalize(h, dim=-1)
     rn = torch.nn.functional.normalize(reference.detach(), dim=-1)
     size = h.shape[0]
     if counts is not None:

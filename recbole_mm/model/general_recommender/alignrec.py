@@ -24,6 +24,7 @@ import os
 from logging import getLogger
 
 import torch
+import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
@@ -125,20 +126,20 @@ class AlignRec(MultimodalRecommender):
         if self.cca_weight or self.sim_weight:
             # CCA and REG work on the batch's distinct items (and CCA on its distinct users, as
             # SGL/SimGCL do): a repeated item is not its own negative, and the B x B logits shrink
-            # to distinct x distinct
+            # to distinct x distinct. Both use cosines: the rows are normalised once for both.
             items_d, item_counts = torch.unique(pos, return_counts=True)
             users_d = torch.unique(user) if self.cca_weight else user[:0]
             rows = torch.cat([users_d, items_d + n_u])
-            mm_u, mm_i = h_mm.index_select(0, rows).split([len(users_d), len(items_d)])
+            mm_u, mm_i = F.normalize(h_mm.index_select(0, rows), dim=-1).split([len(users_d), len(items_d)])
         if self.cca_weight:
-            id_u, id_i = h_id.index_select(0, rows).split([len(users_d), len(items_d)])
-            cca = (info_nce(mm_i, id_i, self.cca_temperature, self.cca_dtype)
-                   + info_nce(mm_u, id_u, self.cca_temperature, self.cca_dtype))
+            id_u, id_i = F.normalize(h_id.index_select(0, rows), dim=-1).split([len(users_d), len(items_d)])
+            t, dtype = self.cca_temperature, self.cca_dtype
+            cca = info_nce(mm_i, id_i, t, dtype, normalized=True) + info_nce(mm_u, id_u, t, dtype, normalized=True)
             loss = loss + self.cca_weight * cca
         if self.sim_weight:
             # exact over the batch with its repeats: distinct items weighted by their counts
             ref = self.h_enc.index_select(0, items_d)
-            loss = loss + self.sim_weight * similarity_preserving_loss(mm_i, ref, item_counts)
+            loss = loss + self.sim_weight * similarity_preserving_loss(mm_i, ref, item_counts, normalized=True)
         return loss
 
     def inference_embeddings(self):

@@ -1,6 +1,7 @@
 """The benchmark harness's interface (fixed: other scripts read it)."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ def test_bench_writes_csv_markdown_and_curves(tiny_dataset, tmp_path):
     md = (out / "results.md").read_text()
     assert "| VBPR | 2020 |" in md and "Mean ± std" in md and "| VBPR | 2020 |" in proc.stdout
     assert (out / "curves.png").stat().st_size > 1000
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [len(r["train_s_epochs"]) for r in runs] == [2] * 6 and all(t > 0 for r in runs for t in r["train_s_epochs"])
 
 
 def _bench_module():

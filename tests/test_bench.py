@@ -62,3 +62,17 @@ def test_model_spec_values_may_hold_commas():
 
     with pytest.raises(ValueError, match="not key=value"):
         bench.parse_model_spec("BPR:oops")
+
+
+def test_epoch_ratio_alternates_models_in_one_process(tiny_dataset, tmp_path):
+    data_path, name = tiny_dataset
+    cmd = [sys.executable, str(REPO / "benchmarks" / "epoch_ratio.py"), "--dataset", name, "--data_path", data_path,
+           "--models", "BPR", "VBPR:use_bias=False", "--rounds", "2", "--threads", "1",
+           "--embedding_size=8", "--feature_embedding_size=8", "--train_batch_size=64"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith(f"{name}, 2 rounds, 1 threads") and len(lines) == 3
+    assert lines[1].startswith("BPR: median ") and "ratio median 1.00 (25-75%: 1.00-1.00)" in lines[1]
+    assert lines[2].startswith("VBPR:use_bias=False: median ")
+    assert "round 2: " in proc.stderr  # progress per round; round 0 is the uncounted warm-up

@@ -48,6 +48,12 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="bench_out")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per run")
+    return parse_with_overrides(parser, argv)
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv=None):
+    """``(args, {key: value})``: the parser's own options, and every other ``--key=value`` as a
+    config override for all models (anything else is an error)."""
     args, extra = parser.parse_known_args(argv)
     overrides = {}
     for item in extra:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import parse_model_spec  # noqa: E402  (a script beside this one, not a package)
+from bench import parse_model_spec, parse_with_overrides  # noqa: E402  (a script beside this one, not a package)
 
 
 def parse_args(argv=None):
@@ -38,13 +38,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--no-eval", dest="evaluate", action="store_false", help="no validation epoch between")
-    args, extra = parser.parse_known_args(argv)
-    overrides = {}
-    for item in extra:
-        if not item.startswith("--") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r} (overrides are --key=value)")
-        key, value = item[2:].split("=", 1)
-        overrides[key] = value
+    args, overrides = parse_with_overrides(parser, argv)
     if len(args.models) < 2 or args.rounds < 1:
         parser.error("give a baseline and at least one other model, and --rounds >= 1")
     return args, overrides

@@ -105,13 +105,20 @@ def test_info_nce_bfloat16_is_close_to_the_exact_value_and_gradient(temperature)
         assert ((got.double() - ref).norm() / ref.norm()).item() < 1e-2
 
 
-def test_contrastive_dtype_settings():
+def test_contrastive_dtype_settings(monkeypatch):
     assert loss.contrastive_dtype("float32", "cpu") is None
     assert loss.contrastive_dtype("bfloat16", "cpu") is torch.bfloat16
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert loss.contrastive_dtype("auto", "cpu") is (torch.bfloat16 if native else None)
     with pytest.raises(ValueError, match="cca_dtype must be float32, bfloat16 or auto, not 'fp16'"):
         loss.contrastive_dtype("fp16", "cpu")
+
+    def no_onednn():
+        raise RuntimeError("no mkldnn in this build")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", no_onednn)
+    assert loss.contrastive_dtype("auto", "cpu") is None  # emulated bf16 would be slower: float32
+    assert loss.contrastive_dtype("bfloat16", "cpu") is torch.bfloat16  # asked for explicitly
 
 
 def test_bootstrap_loss_stops_target_gradient():

@@ -63,6 +63,14 @@ class _InfoNCELogits(torch.autograd.Function):
         return grad_a, grad_b, None, None
 
 
+def _cpu_has_native_bf16() -> bool:
+    """oneDNN's own check (AVX512-BF16 / AMX); False on builds without oneDNN."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def contrastive_dtype(setting: str | None, device: torch.device | str, key: str = "cca_dtype") -> torch.dtype | None:
     """The ``dtype`` argument of :func:`info_nce` for a config value ``float32 | bfloat16 | auto``.
 
@@ -78,7 +86,7 @@ def contrastive_dtype(setting: str | None, device: torch.device | str, key: str 
         if device.type == "cuda":
             native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         else:
-            native = device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            native = device.type == "cpu" and _cpu_has_native_bf16()
         value = "bfloat16" if native else "float32"
     return torch.bfloat16 if value == "bfloat16" else None
 

@@ -82,7 +82,8 @@ def main(argv=None):
                 trainer._valid_epoch(valid_data)
             if r:  # round 0 warms up allocators and caches
                 times[spec].append(seconds)
-        print(f"round {r}: " + ", ".join(f"{t[-1]:.3f}" for t in times.values() if r), file=sys.stderr, flush=True)
+        if r:
+            print(f"round {r}: " + ", ".join(f"{t[-1]:.3f}" for t in times.values()), file=sys.stderr, flush=True)
     base = times[args.models[0]]
     print(f"{args.dataset}, {args.rounds} rounds, {args.threads} threads; seconds per training epoch and paired ratio "
           f"to {args.models[0]}")

@@ -101,6 +101,8 @@ def test_info_nce_bfloat16_is_close_to_the_exact_value_and_gradient(temperature)
     assert v16.item() == pytest.approx(v64.item(), rel=2e-3, abs=1e-6)
     if temperature < 0.1:
         assert v16.item() == loss.info_nce(a0, b0, temperature).item()
+    with pytest.raises(ValueError, match="dtype must be None"):
+        loss.info_nce(a0, b0, temperature, dtype=torch.float16)
     for got, ref in ((ga16, ga64), (gb16, gb64)):
         assert ((got.double() - ref).norm() / ref.norm()).item() < 1e-2
 

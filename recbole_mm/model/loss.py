@@ -111,6 +111,8 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, dtype: torch.
     # cosines lie in [-1, 1], so 1/t bounds every logit: exp(logit - 1/t) >= exp(-2/t) cannot
     # underflow in float32 while 2/t < ~80; below that temperature take the row max. The bf16 path
     # (t >= 0.1, logits within +-10) needs no shift: exp(10) * B stays far from overflow.
+    if dtype not in (None, torch.bfloat16):  # float16's range would overflow exp(1/t) * B: no shift is taken
+        raise ValueError(f"info_nce: dtype must be None (float32) or torch.bfloat16, not {dtype}")
     if dtype is not None and temperature < 0.1:
         dtype = None
     if dtype is not None:

@@ -46,17 +46,17 @@ class Config(RecBoleConfig):
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
         check_environment()
         super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+        from recbole_mm.checks import check_config
+
+        check_config(self)  # bad values fail here, before any data is read (recbole_mm/checks.py)
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
             model = self.external_config_dict.get("model")
             if model is None:
                 raise KeyError("model needs to be given: as an argument, in a config file or dict, or --model=NAME")
-        if isinstance(model, str):
-            final_model = canonical_model_name(model)
-            final_model_class = get_model(final_model)
-        else:
-            final_model_class, final_model = model, model.__name__
+        final_model = canonical_model_name(model)  # a name, module:Class, or a class (registered)
+        final_model_class = get_model(final_model)
         if dataset is None:
             dataset = self.external_config_dict.get("dataset")
             if dataset is None:
@@ -77,6 +77,9 @@ class Config(RecBoleConfig):
             Path(data_path or "dataset") / dataset / f"{dataset}.yaml",
             props / "model" / f"{model}.yaml",
         ]
+        own = getattr(model_class, "config_file", None)  # a registered outside model's defaults
+        if own:
+            layers.append(Path(own))
         for index, path in enumerate(layers):
             if not path.is_file():
                 continue

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -56,29 +58,98 @@ def write_ids(path: str, tokens) -> None:
     atomic_write_text(path, "".join(f"{t}\n" for t in tokens))
 
 
+def _output_root(parent: str) -> None:
+    """Create the output root ``parent``; a file in the way, or no write permission, is one clear error."""
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"output root {parent}: {existing} is a file, not a folder")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"output root {parent}: cannot create it ({exc.strerror})") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"output root {parent} is not writable")
+
+
+@contextmanager
+def _exclusive_lock(lock: str, final_dir: str):
+    """Hold ``lock`` (created with O_EXCL: one holder at a time) for the duration of the block."""
+    stamp = f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            with open(lock) as fh:
+                pid, host, since = (fh.read().split() + ["?", "?", "?"])[:3]
+        except OSError:
+            pid = host = since = "?"
+        stale = ""
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            stale = f"; process {pid} is no longer running, so the lock is stale"
+        raise FileExistsError(
+            f"output {final_dir} is being written by another process: lock {lock} is held (pid {pid} on {host} "
+            f"since {since}{stale}); if no converter is writing it, remove the lock: rm {lock}"
+        ) from None
+    except OSError as exc:
+        raise PermissionError(f"output root {os.path.dirname(lock)} is not writable ({exc.strerror})") from exc
+    with os.fdopen(fd, "w") as fh:
+        fh.write(stamp)
+    try:
+        yield
+    finally:
+        try:  # only our own lock (someone may have removed a lock they took for stale)
+            with open(lock) as fh:
+                ours = fh.read() == stamp
+            if ours:
+                os.unlink(lock)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        pass
+    return True
+
+
 @contextmanager
 def staged_output_dir(final_dir: str, force: bool = False):
     """Yield a temporary sibling directory; on success it replaces ``final_dir`` in one rename.
 
     Refuses to touch an existing ``final_dir`` unless ``force``; on any error the staging
-    directory is removed and ``final_dir`` is left exactly as it was.
+    directory is removed and ``final_dir`` is left exactly as it was. Writers are exclusive:
+    ``<final_dir>.lock`` is held from start to publish, so a second writer of the same folder
+    (``force`` or not) fails at once instead of silently replacing the first one's output.
     """
     final_dir = os.path.abspath(final_dir)
-    if os.path.exists(final_dir) and not force:
-        raise FileExistsError(f"output {final_dir} already exists; pass --force to overwrite it")
     parent = os.path.dirname(final_dir)
-    os.makedirs(parent, exist_ok=True)
-    stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(final_dir)}.tmp-")
-    try:
-        yield stage
-        if os.path.exists(final_dir):
-            backup = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(final_dir)}.old-")
-            os.rmdir(backup)
-            os.replace(final_dir, backup)
-            _publish(stage, final_dir, directory=True)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            _publish(stage, final_dir, directory=True)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+
+    def refuse_existing():
+        if os.path.exists(final_dir) and not force:
+            raise FileExistsError(f"output {final_dir} already exists; pass --force to overwrite it")
+
+    refuse_existing()
+    _output_root(parent)
+    with _exclusive_lock(final_dir + ".lock", final_dir):
+        refuse_existing()  # again, under the lock: a writer that just finished may have published it
+        stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(final_dir)}.tmp-")
+        try:
+            yield stage
+            refuse_existing()  # compare at publish: appeared during our run (not by a locking writer)
+            if os.path.exists(final_dir):
+                backup = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(final_dir)}.old-")
+                os.rmdir(backup)
+                os.replace(final_dir, backup)
+                _publish(stage, final_dir, directory=True)
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                _publish(stage, final_dir, directory=True)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise

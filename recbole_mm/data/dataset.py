@@ -45,9 +45,42 @@ class MultimodalDataset(Dataset):
         if getattr(self, "item_feat", None) is not None and self.iid_field in self.item_feat:
             raw.append(self.item_feat[self.iid_field].astype(str).unique())
         self._raw_item_tokens = pd.unique(np.concatenate(raw))
+        self._check_not_empty(len(self.inter_feat))
         super()._data_processing()
         self._load_modalities()
         del self._raw_item_tokens
+
+    def _check_not_empty(self, n_loaded: int) -> None:
+        """Header-only interaction files: nothing to train or rank on."""
+        if n_loaded:
+            return
+        files = self.config["benchmark_filename"]
+        files = [f"{self.dataset_name}.{f}.inter" for f in files] if files else [f"{self.dataset_name}.inter"]
+        raise ValueError(f"dataset '{self.dataset_name}' ({self.dataset_path}): {', '.join(files)}: no "
+                         "interactions (only a header), so no users or items")
+
+    # RecBole's filters: the one that removes the last interaction is named (RecBole would only
+    # say "Some feat is empty" once all have run)
+    def _after_filter(self, n_before: int, *keys) -> None:
+        if n_before and len(self.inter_feat) == 0:
+            raise ValueError(f"dataset '{self.dataset_name}' ({self.dataset_path}): the filter "
+                             + ", ".join(f"{k}={self.config[k]!r}" for k in keys)
+                             + f" removed all {n_before} interactions; relax it")
+
+    def _filter_by_field_value(self):
+        n = len(self.inter_feat)
+        super()._filter_by_field_value()
+        self._after_filter(n, "val_interval")
+
+    def _filter_inter_by_user_or_item(self):
+        n = len(self.inter_feat)
+        super()._filter_inter_by_user_or_item()
+        self._after_filter(n, "filter_inter_by_user_or_item")
+
+    def _filter_by_inter_num(self):
+        n = len(self.inter_feat)
+        super()._filter_by_inter_num()
+        self._after_filter(n, "user_inter_num_interval", "item_inter_num_interval")
 
     def modality_dir(self) -> str:
         configured = self.config["modality_dir"]

@@ -87,6 +87,8 @@ def read_id_file(path: str) -> np.ndarray:
         raise FeatureError(f"id file {path}: file not found")
     with open(path, encoding="utf-8") as fh:
         tokens = np.array([line.rstrip("\r\n") for line in fh], dtype=object)
+    if tokens.size == 0:
+        raise FeatureError(f"id file {path}: empty (no item ids), so no feature row belongs to an item")
     blank = np.flatnonzero(np.char.strip(tokens.astype(str)) == "")
     if blank.size:
         raise FeatureError(f"id file {path}: empty item id on line {blank[0] + 1} (row {blank[0]})")
@@ -137,24 +139,40 @@ def row_tokens_for(spec: ModalitySpec, n_rows: int, raw_tokens) -> np.ndarray:
     return np.arange(n_rows).astype(str)
 
 
+def to_float32(matrix: np.ndarray, label: str, rows=None, row_ids=None) -> np.ndarray:
+    """``matrix`` as float32. A NaN/inf, or a finite value that float32 cannot hold (it would
+    become inf), is an error: ``label``, the file ``rows`` (default 0..n-1) and ``row_ids`` name it."""
+    rows = np.arange(len(matrix)) if rows is None else np.asarray(rows)
+
+    def where(k):
+        return f"row {rows[k]}" + (f" (item id '{row_ids[k]}')" if row_ids is not None else "")
+
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        k = int(np.flatnonzero(~finite)[0])
+        raise FeatureError(f"{label} {where(k)} contains NaN or inf ({int((~finite).sum())} bad rows)")
+    out = matrix.astype(np.float32)
+    overflow = ~np.isfinite(out).all(axis=1)
+    if overflow.any():
+        k = int(np.flatnonzero(overflow)[0])
+        value = np.asarray(matrix[k])[~np.isfinite(out[k])][0]
+        raise FeatureError(f"{label} {where(k)} has value {value:g}, which overflows float32 (largest "
+                           f"{np.finfo(np.float32).max:.4g}; {int(overflow.sum())} such rows)")
+    return out
+
+
 def align_to_items(matrix: np.ndarray, row_tokens: np.ndarray, id2token: np.ndarray, spec: ModalitySpec):
     """Reorder rows to RecBole's internal item ids (row 0 = padding).
 
-    Returns ``(aligned float32 array, present bool mask)``; non-finite rows are errors.
+    Returns ``(aligned float32 array, present bool mask)``; non-finite rows of the dataset's items,
+    and values that overflow float32, are errors (rows of other items are never read).
     """
     positions = pd.Index(row_tokens).get_indexer(np.asarray(id2token).astype(str))
     positions[0] = -1  # [PAD]
     present = positions >= 0
     aligned = np.zeros((len(id2token), matrix.shape[1]), dtype=np.float32)
-    aligned[present] = matrix[positions[present]]
-    finite = np.isfinite(aligned).all(axis=1)
-    if not finite.all():
-        internal = int(np.flatnonzero(~finite)[0])
-        row = int(positions[internal])
-        raise FeatureError(
-            f"modality '{spec.name}': {spec.path} row {row} (item id '{id2token[internal]}') contains NaN or inf "
-            f"({int((~finite).sum())} bad rows among the dataset's items)"
-        )
+    aligned[present] = to_float32(matrix[positions[present]], f"modality '{spec.name}': {spec.path}",
+                                  rows=positions[present], row_ids=np.asarray(id2token)[present])
     return aligned, present
 
 
@@ -167,6 +185,12 @@ def fill_missing(aligned: np.ndarray, present: np.ndarray, policy: str, spec: Mo
     n_missing = int(missing.sum())
     if n_missing == 0:
         return aligned
+    if not present.any():  # a mean over zero rows, or all zeros: a modality that carries nothing
+        keyed = f"id file {spec.ids_path}" if spec.ids_path else "row number = item id"
+        raise FeatureError(
+            f"modality '{spec.name}': 0% coverage: none of the dataset's {n_missing} items has a row in "
+            f"{spec.path} (rows keyed by {keyed}); fix the ids or leave the modality out (use_modalities)"
+        )
     if policy == "error":
         examples = ", ".join(f"'{t}'" for t in np.asarray(id2token)[missing][:10])
         raise FeatureError(

@@ -56,11 +56,18 @@ class TrainMaskedFullSortEvalDataLoader(FullSortEvalDataLoader):
 
 
 def data_preparation(config, dataset):
-    """Split ``dataset`` and build train/valid/test dataloaders (see module docstring)."""
+    """Split ``dataset`` and build train/valid/test dataloaders (see module docstring).
+
+    Before any dataloader: an empty split, or a ``topk`` larger than the item count, is an error
+    (see :mod:`recbole_mm.checks`)."""
+    from recbole_mm.checks import check_against_dataset, check_splits
+
     test_mask = config["test_mask"] or "train_valid"
     if test_mask not in TEST_MASKS:
         raise ValueError(f"config key 'test_mask' must be one of {TEST_MASKS}, got {test_mask!r}")
     built = dataset.build()
+    check_splits(dataset, built)
+    check_against_dataset(config, dataset)
     train_dataset, valid_dataset, test_dataset = built
     train_sampler, valid_sampler, test_sampler = create_samplers(config, dataset, built)
     if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:

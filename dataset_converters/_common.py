@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pandas as pd
@@ -46,6 +45,72 @@ def check_integer_column(frame: pd.DataFrame, column: str, path: str, allowed=No
             f"is not {expect}"
         )
     return values.astype(np.int64).to_numpy()
+
+
+def require_interactions(count: int, path: str, cause: str = None) -> None:
+    """Refuse a dataset left with zero interactions, naming the file or the filter (``cause``) that emptied it."""
+    if count == 0:
+        raise ConversionError(f"{path}: {cause} removed every interaction; nothing is left to convert" if cause
+                              else f"{path}: no interactions (the file holds only a header)")
+
+
+def check_pairs(users, items, labels, source, rows=None, dedupe: bool = False):
+    """Refuse repeated (user, item) pairs, or with ``dedupe`` drop them and say how many.
+
+    Two kinds, both fatal to an evaluation: the same interaction twice in one split (duplicate rows)
+    and one pair in two splits (a test interaction seen in training). ``source`` is the file named
+    in messages, or ``{label: file}`` when each split is its own file (e.g. DiffMM's matrices);
+    ``rows`` gives each interaction's row number in its file (default: 1-based position). Dropping
+    keeps the pair's first row in the earliest split (train, then valid, then test): a held-out
+    interaction already in training is no held-out one. Returns ``(users, items, labels)``.
+    """
+    users, items, labels = np.asarray(users), np.asarray(items), np.asarray(labels)
+    order = np.lexsort((np.arange(len(labels)), labels))  # by split, then row: the kept copy comes first
+    pairs = pd.DataFrame({"u": users[order], "i": items[order]})
+    repeated = order[pairs.duplicated(keep="first").to_numpy()]
+    if repeated.size == 0:
+        return users, items, labels
+    first_split = pd.Series(labels[order]).groupby([pairs["u"], pairs["i"]]).transform("first").to_numpy()
+    first_split = first_split[np.argsort(order)]  # back to input order
+    across = labels[repeated] != first_split[repeated]
+    counts = f"{int((~across).sum())} duplicate rows, {int(across.sum())} pairs in two splits"
+    if dedupe:
+        keep = np.ones(len(labels), dtype=bool)
+        keep[repeated] = False
+        print(f"--dedupe: dropped {repeated.size} repeated (user, item) interactions ({counts})")
+        return users[keep], items[keep], labels[keep]
+    r = int(repeated[across.argmax()] if across.any() else repeated[0])  # a leak is reported first
+    same = np.flatnonzero((users == users[r]) & (items == items[r]))
+    first = int(same[labels[same] == first_split[r]][0])
+    rows = np.arange(1, len(labels) + 1) if rows is None else np.asarray(rows)
+
+    def at(k):
+        split = SPLITS[labels[k]]
+        return f"{source[labels[k]]} ({split})" if isinstance(source, dict) else f"row {rows[k]} ({split})"
+
+    prefix = "" if isinstance(source, dict) else f"{source}: "
+    what = "is in two splits" if labels[r] != labels[first] else "is repeated"
+    raise ConversionError(f"{prefix}(user {users[r]}, item {items[r]}) {what}: {at(first)} and {at(r)} ({counts}); "
+                          "remove the repeats or pass --dedupe to drop them")
+
+
+def check_splits(splits: dict, source: str) -> None:
+    """Every split must hold at least one interaction (no empty test or valid set to evaluate on)."""
+    empty = [s for s in SPLITS if len(splits[s][0]) == 0]
+    if empty:
+        sizes = ", ".join(f"{s} {len(splits[s][0])}" for s in SPLITS)
+        raise ConversionError(f"{source}: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} "
+                              f"empty ({sizes} interactions); every split needs at least one interaction")
+
+
+def check_features(matrix, path: str, ids=None) -> np.ndarray:
+    """Feature rows as float32; NaN/inf, or a value float32 cannot hold, is an error naming the row."""
+    from recbole_mm.data.features import FeatureError, to_float32
+
+    try:
+        return to_float32(np.asarray(matrix), f"{path}:", row_ids=ids)
+    except FeatureError as exc:
+        raise ConversionError(str(exc)) from exc
 
 
 def split_by_label(users, items, labels) -> dict:
@@ -139,24 +204,25 @@ def report(name: str, splits: dict, out_dir: str, modalities=None, also: str = "
 
 def run_cli(main, argv=None) -> int:
     """Run a converter's ``main``; bad input ends with a one-line error and exit status 2."""
-    try:
-        main(argv)
-    except (ConversionError, FileExistsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    from recbole_mm.cli import run_main
+
+    return run_main(main, argv)
 
 
 __all__ = [
     "ConversionError",
     "SPLITS",
+    "check_features",
     "check_integer_column",
+    "check_pairs",
+    "check_splits",
     "converter_parser",
     "report",
     "k_core",
     "ordered_user_split",
     "random_user_split",
     "read_table",
+    "require_interactions",
     "run_cli",
     "split_by_label",
     "staged_output_dir",

@@ -1,7 +1,7 @@
 """Amazon product data (McAuley et al.; 2014 and 2018 releases) -> a recbole-mm dataset.
 
     python -m dataset_converters.amazon REVIEWS META OUTPUT_ROOT --name baby [--k-core 5] [--seed 2020]
-        [--split-from MMREC_DIR] [--text-model all-MiniLM-L6-v2 | --no-text] [--force]
+        [--split-from MMREC_DIR [--dedupe]] [--text-model all-MiniLM-L6-v2 | --no-text] [--force]
 
 REVIEWS: ``reviews_<Cat>_5.json(.gz)`` (2014) or ``<Cat>_5.json(.gz)`` / ``<Cat>.json(.gz)``
 (2018), one review per line with ``reviewerID``, ``asin``, ``unixReviewTime`` (``overall``).
@@ -24,18 +24,23 @@ import ast
 import gzip
 import json
 import os
+import zlib
 
 import numpy as np
 import pandas as pd
 
 from dataset_converters._common import (
     ConversionError,
+    check_features,
+    check_pairs,
+    check_splits,
     converter_parser,
     k_core,
     ordered_user_split,
     random_user_split,
     read_table,
     report,
+    require_interactions,
     run_cli,
     split_by_label,
     staged_output_dir,
@@ -54,22 +59,33 @@ def _open(path: str):
 
 
 def iter_records(path: str):
-    """``(line_number, dict)`` of a JSON-lines file whose lines may also be Python literals (2014 meta)."""
-    with _open(path) as fh:
-        for number, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+    """``(line_number, dict)`` of a JSON-lines file whose lines may also be Python literals (2014 meta).
+    A non-gzip, truncated or corrupt ``.gz`` (or undecodable text) is an error naming the file."""
+    number = 0
+    try:
+        with _open(path) as fh:
+            for number, line in enumerate(fh, start=1):
+                line = line.strip()
+                if not line:
+                    continue
                 try:
-                    record = ast.literal_eval(line)
-                except (ValueError, SyntaxError) as exc:
-                    raise ConversionError(f"{path}: line {number}: neither JSON nor a Python dict ({exc})") from exc
-            if not isinstance(record, dict):
-                raise ConversionError(f"{path}: line {number}: expected an object, got {type(record).__name__}")
-            yield number, record
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    try:
+                        record = ast.literal_eval(line)
+                    except (ValueError, SyntaxError) as exc:
+                        raise ConversionError(f"{path}: line {number}: neither JSON nor a Python dict ({exc})") from exc
+                if not isinstance(record, dict):
+                    raise ConversionError(f"{path}: line {number}: expected an object, got {type(record).__name__}")
+                yield number, record
+    except gzip.BadGzipFile as exc:
+        raise ConversionError(f"{path}: not a gzip file ({exc}); decompress it or drop the .gz suffix") from exc
+    except EOFError as exc:
+        raise ConversionError(f"{path}: truncated: the compressed data ends after line {number} ({exc})") from exc
+    except (OSError, zlib.error) as exc:
+        raise ConversionError(f"{path}: corrupt compressed data after line {number} ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConversionError(f"{path}: line {number + 1}: not UTF-8 text ({exc})") from exc
 
 
 def read_reviews(path: str) -> pd.DataFrame:
@@ -86,6 +102,7 @@ def read_reviews(path: str) -> pd.DataFrame:
         except (TypeError, ValueError):
             raise ConversionError(f"{path}: line {number}: field 'unixReviewTime' value {t!r} is not an integer")
     frame = pd.DataFrame({"user": users, "item": items, "time": times})
+    require_interactions(len(frame), path)
     # one interaction per (user, item): the earliest review
     return frame.sort_values("time", kind="mergesort").drop_duplicates(["user", "item"]).reset_index(drop=True)
 
@@ -145,6 +162,8 @@ def build_parser():
     p.add_argument("--no-text", action="store_true", help="write the items file only; encode later")
     p.add_argument("--batch-size", type=int, default=64, help="text encoder batch size")
     p.add_argument("--device", default="cpu", help="text encoder device")
+    p.add_argument("--dedupe", action="store_true", help="--split-from: drop repeated (user, item) rows and pairs "
+                   "in two splits (default: refuse them)")
     p.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
     return p
 
@@ -155,6 +174,7 @@ def interactions(args):
     if args.split_from:
         inter_path = os.path.join(args.split_from, f"{args.name}.inter")
         inter = read_table(inter_path, required=["userID", "itemID", "x_label"])
+        require_interactions(len(inter), inter_path)
         umap = read_table(os.path.join(args.split_from, "u_id_mapping.csv"), required=["user_id", "userID"], dtype=str)
         imap = read_table(os.path.join(args.split_from, "i_id_mapping.csv"), required=["asin", "itemID"], dtype=str)
         imap["itemID"], umap["userID"] = imap["itemID"].astype(int), umap["userID"].astype(int)
@@ -167,11 +187,13 @@ def interactions(args):
             r = absent[0]
             raise ConversionError(f"{inter_path}: row {r + 1}: (userID {inter['userID'].iloc[r]}, itemID "
                                   f"{inter['itemID'].iloc[r]}) -> {pairs[r]} has no review in {args.reviews}")
-        labels = inter["x_label"].astype(int).to_numpy()
+        users, items, labels = check_pairs(inter["userID"].astype(int).to_numpy(), inter["itemID"].astype(int).to_numpy(),
+                                           inter["x_label"].astype(int).to_numpy(), inter_path, dedupe=args.dedupe)
         print(f"keeping the ids and split of {inter_path}")
-        splits = split_by_label(inter["userID"].astype(int).to_numpy(), inter["itemID"].astype(int).to_numpy(), labels)
+        splits = split_by_label(users, items, labels)
         return splits, umap.rename(columns={"user_id": "raw"}), imap.rename(columns={"asin": "raw"})
     users, items = k_core(reviews["user"].to_numpy(), reviews["item"].to_numpy(), args.k_core, args.k_core)
+    require_interactions(len(users), args.reviews, f"--k-core {args.k_core}")
     kept = pd.DataFrame({"user": users, "item": items}).merge(reviews, on=["user", "item"], how="left")
     umap = pd.DataFrame({"raw": np.sort(kept["user"].unique())})
     umap["userID"] = np.arange(len(umap))
@@ -188,6 +210,7 @@ def interactions(args):
 
 def convert(args) -> str:
     splits, umap, imap = interactions(args)
+    check_splits(splits, args.split_from or args.reviews)
     out_dir = os.path.join(os.path.abspath(args.output_root), args.name)
     if os.path.exists(out_dir) and not args.force:
         raise FileExistsError(f"output {out_dir} already exists; pass --force to overwrite it")
@@ -214,6 +237,7 @@ def convert(args) -> str:
             print(f"encoding the text of {int(has_text.sum()):,} items with {args.text_model}")
             feats = encode_texts(items.loc[has_text, "text"].tolist(), model=args.text_model,
                                  batch_size=args.batch_size, device=args.device)
+            feats = check_features(feats, f"text features from {args.text_model}")
             atomic_save_npy(os.path.join(stage, "text_feat.npy"), feats)
             write_ids(os.path.join(stage, "text_feat.ids"), items.loc[has_text, "itemID"].astype(str))
             modalities["text"] = "text_feat.npy"

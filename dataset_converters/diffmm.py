@@ -1,6 +1,6 @@
 """DiffMM / MMSSL / LightGT-style pickled matrices -> a recbole-mm dataset, keeping their split.
 
-    python -m dataset_converters.diffmm INPUT_DIR OUTPUT_ROOT --name NAME [--force]
+    python -m dataset_converters.diffmm INPUT_DIR OUTPUT_ROOT --name NAME [--dedupe] [--force]
 
 INPUT_DIR holds ``trnMat.pkl`` and ``tstMat.pkl`` (and optionally ``valMat.pkl``): pickled SciPy
 sparse users x items matrices (non-zeros = interactions) as the DiffMM and MMSSL repositories ship
@@ -8,7 +8,9 @@ them, plus feature files ``*_feat.npy`` (``image_feat.npy``, ``text_feat.npy``, 
 ...) whose row r is item r. Without ``valMat.pkl`` RecBole still needs a validation split, so
 ``--valid-from-train RATIO`` (default 0.1) moves that share of each user's training
 interactions (seeded) to validation; ``--valid-from-test`` uses the test matrix for both instead
-(the protocol of the DiffMM code, which has no validation set).
+(the protocol of the DiffMM code, which has no validation set). An interaction stored twice, or
+in two matrices (e.g. train and test), is refused; ``--dedupe`` keeps it in the earliest only.
+Feature files are checked in full (readable, numeric, finite, float32-representable) and copied.
 """
 
 from __future__ import annotations
@@ -21,15 +23,21 @@ import shutil
 import numpy as np
 
 from dataset_converters._common import (
+    SPLITS,
     ConversionError,
+    check_features,
+    check_pairs,
+    check_splits,
     converter_parser,
     random_user_split,
     report,
     run_cli,
+    split_by_label,
     staged_output_dir,
     write_dataset_yaml,
     write_split_files,
 )
+from recbole_mm.data.features import FeatureError, read_feature_matrix
 
 
 def read_matrix(path: str):
@@ -58,23 +66,30 @@ def build_parser():
     p.add_argument("--valid-from-test", action="store_true",
                    help="without valMat.pkl: validate on the test matrix (DiffMM's own protocol)")
     p.add_argument("--seed", type=int, default=2020, help="seed of --valid-from-train")
+    p.add_argument("--dedupe", action="store_true", help="drop an interaction stored twice or in two matrices "
+                   "(kept in the earliest: train, valid, test); default: refuse it")
     p.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
     return p
 
 
 def convert(args) -> str:
-    mats = {}
-    for split, fname in (("train", "trnMat.pkl"), ("valid", "valMat.pkl"), ("test", "tstMat.pkl")):
+    mats, files = {}, {}
+    for label, (split, fname) in enumerate((("train", "trnMat.pkl"), ("valid", "valMat.pkl"), ("test", "tstMat.pkl"))):
         path = os.path.join(args.input_dir, fname)
         if split == "valid" and not os.path.isfile(path):
             continue
-        mats[split] = read_matrix(path)
+        mats[split], files[label] = read_matrix(path), path
     shapes = {s: m.shape for s, m in mats.items()}
     if len(set(shapes.values())) != 1:
         raise ConversionError(f"{args.input_dir}: matrices disagree on users x items: {shapes}")
     n_items = mats["train"].shape[1]
-    splits = {s: (m.row.astype(np.int64), m.col.astype(np.int64)) for s, m in mats.items()}
-    if "valid" not in splits:
+    # one (user, item) twice, or in two matrices (a test interaction seen in training): refused or --dedupe'd
+    labels = np.concatenate([np.full(m.nnz, SPLITS.index(s)) for s, m in mats.items()])
+    users, items, labels = check_pairs(np.concatenate([m.row for m in mats.values()]).astype(np.int64),
+                                       np.concatenate([m.col for m in mats.values()]).astype(np.int64),
+                                       labels, files, dedupe=args.dedupe)
+    splits = split_by_label(users, items, labels)
+    if "valid" not in mats:
         if args.valid_from_test:
             splits["valid"] = splits["test"]
         else:
@@ -82,23 +97,24 @@ def convert(args) -> str:
             inner = random_user_split(u, i, ratios=(1 - args.valid_from_train, args.valid_from_train, 0.0),
                                       seed=args.seed)
             splits["train"], splits["valid"] = inner["train"], inner["valid"]
-    overlap = set(zip(*splits["train"])) & set(zip(*splits["test"]))
-    if overlap:
-        u, i = next(iter(sorted(overlap)))
-        raise ConversionError(f"{args.input_dir}: (user {u}, item {i}) is in both trnMat.pkl and tstMat.pkl "
-                              f"({len(overlap)} such interactions)")
-    features = sorted(glob.glob(os.path.join(args.input_dir, "*_feat.npy")))
+    check_splits(splits, args.input_dir)
+    features = {}
+    for path in sorted(glob.glob(os.path.join(args.input_dir, "*_feat.npy"))):
+        name = os.path.basename(path)[: -len("_feat.npy")]
+        try:  # a truncated, text or object-dtype file, NaN/inf or float32 overflow: named now, not in training
+            matrix = read_feature_matrix(path, name)
+        except FeatureError as exc:
+            raise ConversionError(str(exc)) from exc
+        if matrix.shape[0] != n_items:
+            raise ConversionError(f"{path}: expected {n_items} rows (one per item of the matrices), got {matrix.shape}")
+        check_features(matrix, path)
+        features[name] = path
     out_dir = os.path.join(os.path.abspath(args.output_root), args.name)
-    modalities = {}
     with staged_output_dir(out_dir, force=args.force) as stage:
         write_split_files(stage, args.name, splits)
-        for path in features:
-            rows = np.load(path, mmap_mode="r").shape
-            if len(rows) != 2 or rows[0] != n_items:
-                raise ConversionError(f"{path}: expected {n_items} rows (one per item of the matrices), got {rows}")
-            name = os.path.basename(path)[: -len("_feat.npy")]
+        for path in features.values():
             shutil.copyfile(path, os.path.join(stage, os.path.basename(path)))
-            modalities[name] = os.path.basename(path)
+        modalities = {name: os.path.basename(path) for name, path in features.items()}
         write_dataset_yaml(stage, args.name, modalities, source=f"dataset_converters.diffmm from {args.input_dir}")
     report(args.name, splits, out_dir, modalities)
     return out_dir

@@ -3,12 +3,14 @@
     python -m dataset_converters.generic INTERACTIONS OUTPUT_ROOT --name NAME
         [--user-column user] [--item-column item] [--rating-column rating --min-rating 4]
         [--split-column split] [--k-core 0] [--seed 2020]
-        [--feature image=img.npy --feature text=text.parquet ...] [--force]
+        [--feature image=img.npy --feature text=text.parquet ...] [--dedupe] [--force]
 
 INTERACTIONS: CSV, TSV or Parquet with a user and an item column and optionally a rating, a
 timestamp and a split column (values train/valid/test or 0/1/2). With a split column the split is
 kept; otherwise interactions (after ``--min-rating`` and ``--k-core``) are split per user 8:1:1,
-at random with ``--seed`` or by ``--timestamp-column`` order with ``--split-order time``.
+at random with ``--seed`` or by ``--timestamp-column`` order with ``--split-order time``. A repeated
+(user, item) pair (or, with a split column, one pair in two splits) is refused; ``--dedupe`` keeps
+its first row (the earliest with a timestamp) and drops the others. Every split must end non-empty.
 
 ``--feature NAME=PATH`` (repeatable) adds a modality:
 * ``.npy``: rows keyed by ``<stem>.ids`` beside it (one item id per line), or, without one, row r
@@ -16,7 +18,8 @@ at random with ``--seed`` or by ``--timestamp-column`` order with ``--split-orde
 * ``.csv`` / ``.tsv`` / ``.parquet``: an item id column (``--feature-id-column``, default: the
   interactions' item column) and numeric columns (the vector).
 Feature rows of items that are not in the interactions are dropped; items with no row are left to
-the dataset's missing-modality policy.
+the dataset's missing-modality policy. A feature with no row for any item (0% coverage), a NaN/inf
+or non-numeric value, or a value float32 cannot hold is an error naming the file and row.
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ import pandas as pd
 from dataset_converters._common import (
     SPLITS,
     ConversionError,
+    check_features,
+    check_pairs,
+    check_splits,
     converter_parser,
     k_core,
     ordered_user_split,
     random_user_split,
     report,
+    require_interactions,
     run_cli,
     split_by_label,
     staged_output_dir,
@@ -64,38 +71,48 @@ def _require(frame, columns, path):
 
 
 def load_interactions(args) -> dict:
-    frame = read_any(args.interactions)
+    path = args.interactions
+    frame = read_any(path)
     _require(frame, [args.user_column, args.item_column, args.rating_column, args.split_column,
-                     args.timestamp_column], args.interactions)
+                     args.timestamp_column], path)
+    require_interactions(len(frame), path)
     for col in (args.user_column, args.item_column):
         blank = frame[col].astype(str).str.strip() == ""
         if blank.any():
             row = int(np.flatnonzero(blank.to_numpy())[0])
-            raise ConversionError(f"{args.interactions}: field '{col}' row {row + 1}: empty id")
+            raise ConversionError(f"{path}: field '{col}' row {row + 1}: empty id")
+    rows = np.arange(1, len(frame) + 1)  # data row numbers, kept through the filters for messages
     if args.rating_column:
         rating = pd.to_numeric(frame[args.rating_column], errors="coerce")
         if rating.isna().any():
             row = int(np.flatnonzero(rating.isna().to_numpy())[0])
-            raise ConversionError(f"{args.interactions}: field '{args.rating_column}' row {row + 1}: value "
+            raise ConversionError(f"{path}: field '{args.rating_column}' row {row + 1}: value "
                                   f"{frame[args.rating_column].iloc[row]!r} is not a number")
         if args.min_rating is not None:
-            frame = frame[(rating >= args.min_rating).to_numpy()]
+            kept = (rating >= args.min_rating).to_numpy()
+            frame, rows = frame[kept], rows[kept]
+            require_interactions(len(frame), path, f"--min-rating {args.min_rating:g}")
     users = frame[args.user_column].astype(str).to_numpy()
     items = frame[args.item_column].astype(str).to_numpy()
     if args.split_column:
         labels = frame[args.split_column].astype(str).str.strip().str.lower().map(_SPLIT_VALUES)
         if labels.isna().any():
             row = int(np.flatnonzero(labels.isna().to_numpy())[0])
-            raise ConversionError(f"{args.interactions}: field '{args.split_column}' row {row + 1}: value "
+            raise ConversionError(f"{path}: field '{args.split_column}' row {rows[row]}: value "
                                   f"{frame[args.split_column].iloc[row]!r} is not train/valid/test or 0/1/2")
+        users, items, labels = check_pairs(users, items, labels.astype(int).to_numpy(), path, rows, args.dedupe)
         print(f"keeping the split of column '{args.split_column}'")
-        return split_by_label(users, items, labels.astype(int).to_numpy())
-    pairs = pd.DataFrame({"u": users, "i": items})
+        return split_by_label(users, items, labels)
+    pairs = pd.DataFrame({"u": users, "i": items, "row": rows})
     if args.timestamp_column:
         pairs["t"] = pd.to_numeric(frame[args.timestamp_column], errors="coerce").to_numpy()
-    pairs = pairs.drop_duplicates(["u", "i"])
+        pairs = pairs.sort_values("t", kind="mergesort")  # --dedupe keeps a pair's earliest row
+    check_pairs(pairs["u"].to_numpy(), pairs["i"].to_numpy(), np.zeros(len(pairs), dtype=int), path,
+                pairs["row"].to_numpy(), args.dedupe)
+    pairs = pairs.drop_duplicates(["u", "i"])  # what --dedupe keeps; without it check_pairs refused repeats
     if args.k_core > 0:
         u, i = k_core(pairs["u"].to_numpy(), pairs["i"].to_numpy(), args.k_core, args.k_core)
+        require_interactions(len(u), path, f"--k-core {args.k_core}")
         pairs = pd.DataFrame({"u": u, "i": i}).merge(pairs, on=["u", "i"], how="left")
     if args.split_order == "time":
         if not args.timestamp_column:
@@ -106,7 +123,8 @@ def load_interactions(args) -> dict:
 
 
 def load_feature(spec: str, item_column: str, id_column: str = None):
-    """``(name, ids, matrix)`` of one ``NAME=PATH`` feature argument."""
+    """``(name, path, ids, float32 matrix, how rows are keyed)`` of one ``NAME=PATH`` feature argument;
+    NaN/inf, non-numeric values and float32 overflow are errors naming the row."""
     if "=" not in spec:
         raise ConversionError(f"--feature {spec}: expected NAME=PATH")
     name, path = spec.split("=", 1)
@@ -115,12 +133,12 @@ def load_feature(spec: str, item_column: str, id_column: str = None):
         matrix = read_feature_matrix(path, name)
         ids_path = os.path.splitext(path)[0] + ".ids"
         if os.path.isfile(ids_path):
-            ids = list(read_id_file(ids_path).astype(str))
+            ids, keyed = read_id_file(ids_path).astype(str), f"id file {ids_path}"
             if len(ids) != len(matrix):
                 raise ConversionError(f"{ids_path}: {len(ids)} ids for the {len(matrix)} rows of {path}")
         else:
-            ids = [str(r) for r in range(len(matrix))]
-        return name, np.asarray(ids, dtype=str), matrix.astype(np.float32)
+            ids, keyed = np.arange(len(matrix)).astype(str), f"row number (no {os.path.basename(ids_path)})"
+        return name, path, ids, check_features(matrix, path, ids), keyed
     frame = read_any(path)
     id_col = id_column or item_column
     _require(frame, [id_col], path)
@@ -130,7 +148,9 @@ def load_feature(spec: str, item_column: str, id_column: str = None):
         row = int(np.flatnonzero(bad.to_numpy())[0])
         col = values.columns[values.iloc[row].isna().to_numpy()][0]
         raise ConversionError(f"{path}: field '{col}' row {row + 1} (item {frame[id_col].iloc[row]}): not a number")
-    return name, frame[id_col].astype(str).to_numpy(), values.to_numpy(np.float32)
+    ids = frame[id_col].astype(str).to_numpy()
+    matrix = check_features(values.to_numpy(np.float64), path, ids)
+    return name, path, ids, matrix, f"column '{id_col}'"
 
 
 def build_parser():
@@ -149,23 +169,30 @@ def build_parser():
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--feature", action="append", default=[], metavar="NAME=PATH", help="a modality (repeatable)")
     p.add_argument("--feature-id-column", default=None, help="item id column of CSV/Parquet feature files")
+    p.add_argument("--dedupe", action="store_true", help="drop repeated (user, item) rows and pairs in two "
+                   "splits, keeping the first (earliest with --timestamp-column); default: refuse them")
     p.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
     return p
 
 
 def convert(args) -> str:
     splits = load_interactions(args)
+    check_splits(splits, args.interactions)
     items = set(np.concatenate([splits[s][1] for s in SPLITS]).astype(str))
     features = [load_feature(spec, args.item_column, args.feature_id_column) for spec in args.feature]
     out_dir = os.path.join(os.path.abspath(args.output_root), args.name)
     modalities = {}
     with staged_output_dir(out_dir, force=args.force) as stage:
         write_split_files(stage, args.name, splits)
-        for name, ids, matrix in features:
+        for name, path, ids, matrix, keyed in features:
             dup = pd.Index(ids).duplicated()
             if dup.any():
                 raise ConversionError(f"--feature {name}: duplicate item id '{ids[int(np.flatnonzero(dup)[0])]}'")
             keep = np.isin(ids, list(items))
+            if not keep.any():  # 0% coverage: the loader would "fill" every item from nothing
+                raise ConversionError(
+                    f"--feature {name}={path}: 0% coverage: none of its {len(ids)} rows (keyed by {keyed}; e.g. "
+                    f"{', '.join(ids[:3])}) is an item of {args.interactions} (e.g. {', '.join(sorted(items)[:3])})")
             atomic_save_npy(os.path.join(stage, f"{name}_feat.npy"), matrix[keep])
             write_ids(os.path.join(stage, f"{name}_feat.ids"), ids[keep])
             modalities[name] = f"{name}_feat.npy"

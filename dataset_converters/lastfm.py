@@ -1,6 +1,6 @@
 """Last.fm HetRec-2011 raw files -> RecBole benchmark files + a text modality + dataset yaml.
 
-    python -m dataset_converters.lastfm <raw_dir> <output_root> [--name lfm2k] [--text-model PATH] [--force]
+    python -m dataset_converters.lastfm <raw_dir> <output_root> [--name lfm2k] [--text-model PATH] [--dedupe] [--force]
 
 Reads from ``raw_dir`` (only reads):
 
@@ -11,7 +11,8 @@ Reads from ``raw_dir`` (only reads):
 
 Split: with ``--split-from FILE`` (or ``<raw_dir>/<name>_og_ids.inter`` when it exists) the
 interactions and their split are taken from that file (columns userID, itemID, x_label in HetRec
-ids; every pair must occur in user_artists.dat). Otherwise all of user_artists.dat is k-core
+ids; every pair must occur in user_artists.dat, and a repeated pair or one pair in two splits is
+refused unless ``--dedupe``). Otherwise all of user_artists.dat is k-core
 filtered (``--min-user-inter``/``--min-item-inter``) and split per user at random 8:1:1 with
 ``--seed``. Item tokens are HetRec artistIDs and user tokens HetRec userIDs.
 
@@ -30,11 +31,15 @@ import pandas as pd
 
 from dataset_converters._common import (
     ConversionError,
+    check_features,
     check_integer_column,
+    check_pairs,
+    check_splits,
     k_core,
     random_user_split,
     read_table,
     report,
+    require_interactions,
     run_cli,
     split_by_label,
     staged_output_dir,
@@ -64,6 +69,8 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=64, help="text encoder batch size")
     parser.add_argument("--device", default="cpu", help="text encoder device (cpu, cuda, cuda:1 ...)")
     parser.add_argument("--no-text", action="store_true", help="skip the text modality")
+    parser.add_argument("--dedupe", action="store_true", help="--split-from: drop repeated (user, item) rows and "
+                        "pairs in two splits (default: refuse them)")
     parser.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
     return parser
 
@@ -97,6 +104,7 @@ def load_interactions(args) -> dict:
     raw = args.raw_dir
     ua_path = os.path.join(raw, "user_artists.dat")
     ua = read_table(ua_path, required=["userID", "artistID"])
+    require_interactions(len(ua), ua_path)
     ua_users = check_integer_column(ua, "userID", ua_path)
     ua_items = check_integer_column(ua, "artistID", ua_path)
     split_from = args.split_from
@@ -105,9 +113,13 @@ def load_interactions(args) -> dict:
         split_from = default_split
     if split_from is None:
         users, items = k_core(ua_users, ua_items, args.min_user_inter, args.min_item_inter)
+        require_interactions(len(users), ua_path,
+                             f"the k-core filter (--min-user-inter {args.min_user_inter}, --min-item-inter "
+                             f"{args.min_item_inter})")
         print(f"random per-user 8:1:1 split (seed {args.seed}) of {len(users):,} interactions after k-core")
         return random_user_split(users, items, seed=args.seed)
     frame = read_table(split_from, required=["userID", "itemID", "x_label"])
+    require_interactions(len(frame), split_from)
     users = check_integer_column(frame, "userID", split_from)
     items = check_integer_column(frame, "itemID", split_from)
     labels = check_integer_column(frame, "x_label", split_from, allowed={0, 1, 2})
@@ -118,12 +130,14 @@ def load_interactions(args) -> dict:
         raise ConversionError(
             f"{split_from}: row {row + 1}: (userID {users[row]}, itemID {items[row]}) is not in {ua_path}"
         )
+    users, items, labels = check_pairs(users, items, labels, split_from, dedupe=args.dedupe)
     print(f"keeping the split of {split_from}")
     return split_by_label(users, items, labels)
 
 
 def convert(args) -> str:
     splits = load_interactions(args)
+    check_splits(splits, args.split_from or args.raw_dir)
     out_dir = os.path.join(os.path.abspath(args.output_root), args.name)
     if os.path.exists(out_dir) and not args.force:  # fail before the (slow) encoding
         raise FileExistsError(f"output {out_dir} already exists; pass --force to overwrite it")
@@ -140,6 +154,7 @@ def convert(args) -> str:
                   f"({int((~has_text).sum()):,} artists have no tags)")
             features = encode_texts(text[has_text].tolist(), model=args.text_model,
                                     batch_size=args.batch_size, device=args.device)
+            features = check_features(features, f"text features from {args.text_model}")
             atomic_save_npy(os.path.join(stage, "text_feat.npy"), features)
             write_ids(os.path.join(stage, "text_feat.ids"), items[has_text])
             modalities["text"] = "text_feat.npy"

@@ -1,11 +1,12 @@
 """MMRec folder -> RecBole benchmark files + feature files + dataset yaml.
 
-    python -m dataset_converters.mmrec <input_dir> <output_root> [--name NAME] [--force]
+    python -m dataset_converters.mmrec <input_dir> <output_root> [--name NAME] [--dedupe] [--force]
 
 Reads ``<input_dir>/<name>.inter`` (tab-separated, columns userID, itemID, x_label with
 0/1/2 = train/valid/test) and every ``*_feat.npy`` beside it (one modality each, named by the
 file stem without ``_feat``; row r = itemID r, MMRec's convention). Writes
-``<output_root>/<name>/`` keeping the exact split. The inputs are only read.
+``<output_root>/<name>/`` keeping the exact split. The inputs are only read. A repeated
+(user, item) row, or one pair in two splits, is refused (``--dedupe``: the later copies are dropped).
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ import numpy as np
 
 from dataset_converters._common import (
     ConversionError,
+    check_features,
     check_integer_column,
+    check_pairs,
+    check_splits,
     read_table,
     report,
+    require_interactions,
     run_cli,
     split_by_label,
     staged_output_dir,
@@ -36,15 +41,18 @@ def build_parser():
     parser.add_argument("input_dir", help="MMRec dataset folder with <name>.inter and *_feat.npy")
     parser.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
     parser.add_argument("--name", default=None, help="dataset name (default: the input folder's name)")
+    parser.add_argument("--dedupe", action="store_true",
+                        help="drop repeated (user, item) rows and pairs in two splits (default: refuse them)")
     parser.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
     return parser
 
 
-def convert(input_dir: str, output_root: str, name: str = None, force: bool = False) -> str:
+def convert(input_dir: str, output_root: str, name: str = None, force: bool = False, dedupe: bool = False) -> str:
     input_dir = os.path.abspath(input_dir)
     name = name or os.path.basename(input_dir.rstrip(os.sep))
     inter_path = os.path.join(input_dir, f"{name}.inter")
     frame = read_table(inter_path, required=["userID", "itemID", "x_label"])
+    require_interactions(len(frame), inter_path)
     users = check_integer_column(frame, "userID", inter_path)
     items = check_integer_column(frame, "itemID", inter_path)
     labels = check_integer_column(frame, "x_label", inter_path, allowed={0, 1, 2})
@@ -52,7 +60,9 @@ def convert(input_dir: str, output_root: str, name: str = None, force: bool = Fa
         column = "userID" if (users < 0).any() else "itemID"
         row = int(np.flatnonzero((users if column == "userID" else items) < 0)[0])
         raise ConversionError(f"{inter_path}: field '{column}' row {row + 1}: negative id")
+    users, items, labels = check_pairs(users, items, labels, inter_path, dedupe=dedupe)
     splits = split_by_label(users, items, labels)
+    check_splits(splits, inter_path)
 
     feature_files = sorted(glob.glob(os.path.join(input_dir, "*_feat.npy")))
     modalities = {}
@@ -67,9 +77,7 @@ def convert(input_dir: str, output_root: str, name: str = None, force: bool = Fa
                 f"{path}: wrong row count: {matrix.shape[0]} rows but {inter_path} has itemID {items.max()} "
                 "(MMRec rule: row r = itemID r)"
             )
-        finite = np.isfinite(matrix).all(axis=1)
-        if not finite.all():
-            raise ConversionError(f"{path}: row {int(np.flatnonzero(~finite)[0])} contains NaN or inf")
+        check_features(matrix, path)  # NaN/inf or float32 overflow: refused now, not in training
         modalities[modality] = os.path.basename(path)
 
     out_dir = os.path.join(os.path.abspath(output_root), name)
@@ -87,7 +95,7 @@ def convert(input_dir: str, output_root: str, name: str = None, force: bool = Fa
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    convert(args.input_dir, args.output_root, name=args.name, force=args.force)
+    convert(args.input_dir, args.output_root, name=args.name, force=args.force, dedupe=args.dedupe)
 
 
 if __name__ == "__main__":

@@ -107,10 +107,10 @@ def test_k_core():
 
 def _hetrec_raw(folder: Path):
     folder.mkdir()
-    rows = [(u, a, 10) for u in range(1, 9) for a in range(1, 7) if (u + a) % 4 != 0]
+    rows = [(u, a, 10) for u in range(1, 9) for a in range(1, 9) if (u + a) % 4 != 0]  # 6 per user: 4 / 1 / 1
     pd.DataFrame(rows, columns=["userID", "artistID", "weight"]).to_csv(folder / "user_artists.dat", sep="\t", index=False)
     pd.DataFrame({"tagID": [1, 2, 3], "tagValue": ["rock", "jazz", "indie"]}).to_csv(folder / "tags.dat", sep="\t", index=False)
-    tagged = [(1, 1, 1), (2, 1, 3), (1, 2, 2), (3, 1, 1), (1, 3, 2), (1, 3, 3)]  # artist 4..6 untagged
+    tagged = [(1, 1, 1), (2, 1, 3), (1, 2, 2), (3, 1, 1), (1, 3, 2), (1, 3, 3)]  # artist 4..8 untagged
     pd.DataFrame(tagged, columns=["userID", "artistID", "tagID"]).to_csv(
         folder / "user_taggedartists.dat", sep="\t", index=False)
     return rows

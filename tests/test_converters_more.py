@@ -179,10 +179,19 @@ def test_generic_converter(tmp_path, capsys):
     assert ds.item_features["image"][tok.index("b")].tolist() == [0.0, 1.0]
     assert not bool(ds.item_feature_mask["text"][tok.index("b")])
 
-    # ratings filter + random split, and errors naming the field and row
-    assert run_cli(generic.main, [str(tmp_path / "inter.csv"), str(tmp_path / "o2"), "--name", "g",
+    # ratings filter + random split (6 of each user's 8 interactions rated >= 4: 4 / 1 / 1 per user)
+    rated = pd.DataFrame([(u, f"i{k}", 5 if k < 6 else 1) for u in ("u1", "u2") for k in range(8)],
+                         columns=["user", "item", "rating"])
+    rated.to_csv(tmp_path / "rated.csv", index=False)
+    assert run_cli(generic.main, [str(tmp_path / "rated.csv"), str(tmp_path / "o2"), "--name", "g",
                                   "--rating-column", "rating", "--min-rating", "4"]) == 0
-    assert sum(len(f) for f in _read_split(tmp_path / "o2" / "g", "g").values()) == 4
+    assert [len(f) for f in _read_split(tmp_path / "o2" / "g", "g").values()] == [8, 2, 2]
+    # 2 interactions per user left: 8:1:1 leaves valid and test empty, which is refused
+    assert run_cli(generic.main, [str(tmp_path / "inter.csv"), str(tmp_path / "o2b"), "--name", "g",
+                                  "--rating-column", "rating", "--min-rating", "4"]) == 2
+    assert "the valid and test splits are empty" in capsys.readouterr().err
+    assert not (tmp_path / "o2b" / "g").exists()
+    # errors naming the field and row
     inter.loc[4, "split"] = "holdout"
     inter.to_csv(tmp_path / "bad.csv", index=False)
     assert run_cli(generic.main, [str(tmp_path / "bad.csv"), str(tmp_path / "o3"), "--name", "g",

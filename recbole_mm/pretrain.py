@@ -1,12 +1,17 @@
-"""AlignRec stage 1: inter-content alignment pre-training -> fused item features.
+"""Stage-1 producers: derived item features a model declares (``required_features``) and the
+pipeline makes before the model is built -- today AlignRec's inter-content alignment (ICA)
+pre-training, which writes a fused item feature file.
 
-    python -m recbole_mm.pretrain --dataset NAME --data_path DIR [--output fused_feat.npy] [--force]
+    python -m recbole_mm.pretrain --dataset NAME --data_path DIR [--output FILE.npy] [--force]
         [--key=value ...]      # any config key, e.g. --use_modalities="['text','audio_vggish']" --ica_epochs=100
 
-Trains :class:`recbole_mm.encoders.ica.ICAEncoder` on the dataset's modalities and writes
-``<dataset dir>/fused_feat.npy`` (+ ``.ids``, ``.json``). Stage 2 (``run_recbole_mm.py
---model=AlignRec``) picks the file up as its ``h_enc`` (config ``encoder_file``); with
-``pretrain: True`` (the default) that command runs stage 1 itself when the file is missing.
+Where the file goes (:func:`provide_features`): an explicit ``encoder_file`` means exactly that
+file (relative to the dataset folder). Otherwise ``<name>-<key>.npy`` with ``key`` a hash of what
+made it -- the input features, the modalities, the ICA settings and the seed -- so several settings
+coexist and a search over them never overwrites another run's file; it lives in the dataset folder
+when that is the user's (writable and not inside an installed package), else in
+``<mm_cache_dir>/stage1/<dataset>/``. Each file has ``.ids`` and ``.json`` sidecars; the log says
+where it is.
 """
 
 from __future__ import annotations
@@ -14,10 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import site
 import sys
+import sysconfig
 from datetime import datetime, timezone
 from logging import getLogger
 
+from recbole_mm.cache import cache_root
+from recbole_mm.data.features import parse_modalities
+from recbole_mm.data.graphs import graph_cache_key
 from recbole_mm.io import atomic_save_npy, atomic_write_text, write_ids
 
 ICA_KEYS = {  # config key -> pretrain_ica argument
@@ -57,11 +67,10 @@ def check_stage1_file(path: str, config, modalities) -> None:
                              f"pretrain=False to use the file as it is, or another encoder_file")
 
 
-def run_stage1(config, dataset, output_path: str, exclude=()) -> dict:
-    """Pre-train on ``dataset.item_features`` (minus ``exclude``) and write the fused feature file."""
+def run_stage1(config, dataset, output_path: str, names) -> dict:
+    """Pre-train on the modalities ``names`` of ``dataset`` and write the fused feature file."""
     from recbole_mm.encoders.ica import pretrain_ica
 
-    names = [m for m in dataset.item_features if m not in exclude]
     if not names:
         raise ValueError("ICA pre-training needs at least one modality in the dataset")
     features = {m: dataset.item_features[m][1:] for m in names}  # real items only
@@ -81,11 +90,75 @@ def run_stage1(config, dataset, output_path: str, exclude=()) -> dict:
     return meta
 
 
+def stage1_key(config, dataset, names) -> str:
+    """Hash of what a stage-1 file is made from: features and masks of ``names``, item order,
+    ICA settings and seed."""
+    tensors = [t for m in names for t in (dataset.item_features[m], dataset.item_feature_mask[m])]
+    return graph_cache_key(tensors, modalities=list(names), settings=stage1_settings(config), seed=config["seed"],
+                           items=list(dataset.field2id_token[dataset.iid_field][1:]), v=1)
+
+
+def installed_package_dirs() -> list:
+    """Folders of installed packages (site-packages and RecBole's own), which we never write into."""
+    import recbole
+
+    dirs = set(site.getsitepackages() + [site.getusersitepackages()])
+    dirs.update(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    dirs.add(os.path.dirname(recbole.__file__))
+    return sorted(os.path.realpath(d) for d in dirs if d)
+
+
+def is_user_folder(path: str) -> bool:
+    """Writable and not inside an installed package (e.g. RecBole's bundled ml-100k)."""
+    real = os.path.realpath(path)
+    inside = any(os.path.commonpath([real, d]) == d for d in installed_package_dirs())
+    return os.path.isdir(real) and os.access(real, os.W_OK) and not inside
+
+
+def stage1_dir(config, dataset) -> str:
+    """The dataset folder when it is the user's, else ``<mm_cache_dir>/stage1/<dataset>``."""
+    if is_user_folder(dataset.dataset_path):
+        return dataset.dataset_path
+    return os.path.join(cache_root(config), "stage1", dataset.dataset_name)
+
+
+def stage1_path(config, dataset, name: str, file, names) -> str:
+    """``file`` (absolute, or relative to the dataset folder) if given, else the keyed default."""
+    if file:
+        return os.path.abspath(file if os.path.isabs(file) else os.path.join(dataset.dataset_path, file))
+    key = stage1_key(config, dataset, names)
+    return os.path.abspath(os.path.join(stage1_dir(config, dataset), f"{name}-{key}.npy"))
+
+
+PRODUCERS = {"ica": run_stage1}
+
+
+def provide_features(config, dataset, requests) -> None:
+    """Produce (when asked and needed) and attach each :class:`FeatureRequest` of a model."""
+    logger = getLogger()
+    for request in requests:
+        if request.name in dataset.item_features:  # the dataset already lists it as a modality
+            continue
+        names = [m for m in dataset.item_features if m not in request.exclude]
+        path = stage1_path(config, dataset, request.name, request.file, names)
+        if request.run and (request.overwrite or not os.path.isfile(path)):
+            logger.info("stage 1 (%s) for '%s' -> %s", request.producer, request.name, path)
+            PRODUCERS[request.producer](config, dataset, path, names)
+        elif request.run and request.file:  # an explicit file is reused only if it is what stage 1 makes now
+            check_stage1_file(path, config, names)
+        if os.path.isfile(path):
+            logger.info("stage-1 feature '%s' from %s", request.name, path)
+            dataset.load_modality(parse_modalities({request.name: path}, dataset.dataset_path)[0])
+        else:
+            logger.warning("stage-1 feature '%s': no file %s and pretrain is off", request.name, path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m recbole_mm.pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data_path", required=True)
-    parser.add_argument("--output", default=None, help="default: <dataset dir>/<encoder_file>")
+    parser.add_argument("--output", default=None,
+                        help="default: encoder_file if set, else the keyed file AlignRec's runs look for")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
 
@@ -98,14 +171,18 @@ def main(argv=None):
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset = create_dataset(config)
-    output = args.output or os.path.join(dataset.dataset_path, config["encoder_file"])
+    name = config["encoder_modality"]
+    names = [m for m in dataset.item_features if m != name]
+    output = stage1_path(config, dataset, name, args.output or config["encoder_file"], names)
     if os.path.exists(output) and not args.force:
         print(f"error: {output} already exists; pass --force to overwrite it", file=sys.stderr)
         return 2
-    meta = run_stage1(config, dataset, output, exclude=(config["encoder_modality"],))
+    meta = run_stage1(config, dataset, output, names)
     print(json.dumps(meta))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from recbole_mm.cli import run_main
+
+    raise SystemExit(run_main(main))

@@ -17,6 +17,8 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_mm.compat import load_checkpoint
 from recbole_mm.config import Config
 from recbole_mm.data import create_dataset, data_preparation
+from recbole_mm.model.abstract_recommender import MultimodalRecommender
+from recbole_mm.pretrain import provide_features
 from recbole_mm.utils import get_model, get_trainer
 
 DEFAULT_MODEL = "VBPR"
@@ -28,11 +30,12 @@ def _jsonable(result) -> dict:
 
 
 def load_dataset(config):
-    """The dataset of ``config``, plus whatever the model adds to it (AlignRec's stage-1 features)."""
+    """The dataset of ``config``, plus the derived features its model declares (AlignRec's stage 1),
+    produced here by :func:`recbole_mm.pretrain.provide_features`."""
     dataset = create_dataset(config)
     model_class = get_model(config["model"])
-    if hasattr(model_class, "prepare_dataset"):
-        model_class.prepare_dataset(config, dataset)
+    if issubclass(model_class, MultimodalRecommender):  # RecBole's models declare none
+        provide_features(config, dataset, model_class.required_features(config))
     return dataset
 
 
@@ -173,15 +176,20 @@ def parse_cli(argv):
     return args
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_cli(argv)
-    files = args.config_files.strip().split(" ") if args.config_files else None
-    result = run(
-        args.model, args.dataset, config_file_list=files, nproc=args.nproc, world_size=args.world_size,
-        ip=args.ip, port=args.port, group_offset=args.group_offset,
-    )
-    return result
+def main(argv=None) -> int:
+    """``run_recbole_mm.py`` and the ``recbole-mm`` command: train and evaluate. Exit status 0, or 2
+    after one line ``error: ...`` on stderr for bad input (:func:`recbole_mm.cli.run_main`)."""
+    from recbole_mm.cli import run_main
+
+    def train(argv):
+        args = parse_cli(argv)
+        files = args.config_files.strip().split(" ") if args.config_files else None
+        return run(
+            args.model, args.dataset, config_file_list=files, nproc=args.nproc, world_size=args.world_size,
+            ip=args.ip, port=args.port, group_offset=args.group_offset,
+        )
+
+    return run_main(train, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,19 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from logging import getLogger
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _applied = False
+_logged: set = set()
+
+
+def log_once(key: str, message: str, *args) -> None:
+    """Log a silent choice (a dtype, an allocator, a kernel) the first time it is made in this process."""
+    if key not in _logged:
+        _logged.add(key)
+        getLogger().info(message, *args)
 
 
 def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 << 31) - 1) -> bool:
@@ -35,4 +44,8 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 <
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     _applied = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    if _applied:
+        log_once("allocator", "cpu_allocator_tuning: glibc mmap threshold %d MB, trim threshold %d MB "
+                 "(large freed blocks are reused; --cpu_allocator_tuning=False to keep glibc's defaults)",
+                 mmap_threshold >> 20, trim_threshold >> 20)
     return _applied

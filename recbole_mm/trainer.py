@@ -20,7 +20,8 @@ from recbole.trainer import Trainer as RecBoleTrainer
 from torch import optim
 
 from recbole_mm.compat import CompatTrainerMixin
-from recbole_mm.runtime import tune_cpu_allocator
+from recbole_mm.model.abstract_recommender import MultimodalRecommender
+from recbole_mm.runtime import log_once, tune_cpu_allocator
 
 
 class Trainer(CompatTrainerMixin, RecBoleTrainer):
@@ -40,13 +41,14 @@ class Trainer(CompatTrainerMixin, RecBoleTrainer):
         cls = optim.Adam if learner.lower() == "adam" else optim.AdamW
         lr = kwargs.get("learning_rate", self.learning_rate)
         weight_decay = kwargs.get("weight_decay", self.weight_decay)
+        log_once("fused_adam", "optimizer: torch %s with fused=True (one kernel per parameter; same update rule)",
+                 cls.__name__)
         return cls(self.model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         start = perf_counter()
-        hook = getattr(self.model, "pre_epoch_processing", None)
-        if callable(hook):
-            hook()
+        if isinstance(self.model, MultimodalRecommender):  # RecBole's own models have no such hook
+            self.model.pre_epoch_processing()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         self.epoch_log.append({"epoch": epoch_idx, "train_s": perf_counter() - start})
         return loss

@@ -25,11 +25,63 @@ _RECBOLE_SUBMODULES = (
 )
 
 
-def plugin_models() -> dict:
-    """``{ClassName: class}`` of every recbole_mm model."""
-    from recbole_mm.model import general_recommender
+_REGISTERED: dict = {}  # models registered from outside the package (register_model)
 
-    return dict(general_recommender.MODELS)
+
+@lru_cache(maxsize=1)
+def _package_models() -> dict:
+    from recbole_mm.model.general_recommender import discover
+
+    return discover()
+
+
+def register_model(model_class):
+    """Make a model class defined outside recbole_mm known by name (usable as a decorator).
+
+    Afterwards ``--model=<ClassName>`` (any case), ``run_recbole_mm("<ClassName>", ...)``,
+    ``objective_function({"model": "<ClassName>", ...})`` and ``run_hyper.py`` find it, and the
+    unknown-model message lists it. Its defaults come from ``model_class.config_file`` (a yaml
+    path) when it sets one. Passing the class itself to ``run_recbole_mm``/``objective_function``
+    registers it too. From the command line, ``--model=package.module:ClassName`` imports and
+    registers it.
+    """
+    if not isinstance(model_class, type):
+        raise TypeError(f"register_model takes a model class, got {model_class!r}")
+    name = model_class.__name__
+    builtin = _builtin_model(name)
+    if builtin is model_class:  # recbole_mm's or RecBole's own class: nothing to register
+        return model_class
+    if builtin is not None:
+        raise ValueError(f"register_model: '{name}' is already a model of recbole_mm or RecBole; rename the class")
+    _REGISTERED[name] = model_class
+    return model_class
+
+
+def _builtin_model(name: str):
+    """The recbole_mm or RecBole class named ``name`` (exact case-insensitive match), or None."""
+    for cls_name, cls in _package_models().items():
+        if cls_name.lower() == name.lower():
+            return cls
+    entry = _recbole_model_index().get(name.lower())
+    if entry is None:
+        return None
+    sub, cls_name = entry
+    return getattr(importlib.import_module(f"recbole.model.{sub}.{cls_name.lower()}"), cls_name)
+
+
+def _import_model(path: str):
+    """``package.module:ClassName`` -> the class, registered."""
+    module_name, _, cls_name = path.partition(":")
+    try:
+        model_class = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"--model={path}: cannot import {cls_name!r} from module {module_name!r} ({exc})") from exc
+    return register_model(model_class)
+
+
+def plugin_models() -> dict:
+    """``{ClassName: class}`` of every recbole_mm model, then the registered outside ones."""
+    return {**_package_models(), **_REGISTERED}
 
 
 @lru_cache(maxsize=1)
@@ -64,10 +116,13 @@ def model_names() -> list:
     return plugin + recbole
 
 
-def canonical_model_name(name: str) -> str:
-    """The properly-cased model name for ``name`` (any case); ``ValueError`` if unknown."""
+def canonical_model_name(name) -> str:
+    """The properly-cased model name for ``name`` (any case, a class, or ``module:Class``);
+    ``ValueError`` if unknown."""
     if not isinstance(name, str):
-        return name.__name__
+        return register_model(name).__name__
+    if ":" in name:
+        return _import_model(name).__name__
     lowered = name.lower()
     for cls_name in plugin_models():
         if cls_name.lower() == lowered:
@@ -77,21 +132,15 @@ def canonical_model_name(name: str) -> str:
         return entry[1]
     raise ValueError(
         f"Unknown model '{name}'. Available models: recbole_mm: {', '.join(sorted(plugin_models()))}; "
-        f"RecBole: {', '.join(n for n in model_names() if n not in plugin_models())}"
+        f"RecBole: {', '.join(n for n in model_names() if n not in plugin_models())} "
+        "(a model of your own: recbole_mm.register_model, or --model=package.module:ClassName)"
     )
 
 
 def get_model(name):
     """Model class for ``name`` (case-insensitive): recbole_mm's first, then RecBole's."""
-    if not isinstance(name, str):
-        return name
     canonical = canonical_model_name(name)
-    models = plugin_models()
-    if canonical in models:
-        return models[canonical]
-    sub, cls = _recbole_model_index()[canonical.lower()]
-    module = importlib.import_module(f"recbole.model.{sub}.{canonical.lower()}")
-    return getattr(module, cls)
+    return _REGISTERED.get(canonical) or _builtin_model(canonical)
 
 
 def get_trainer(model_type, model_name):

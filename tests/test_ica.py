@@ -115,6 +115,10 @@ def test_pretraining_from_a_backbone(tmp_path):
     assert fused.shape == (256, 8) and np.isfinite(fused).all()
 
 
+def _stage1_files(folder):
+    return sorted(Path(folder).glob("fused-*.npy"))
+
+
 def test_two_stage_cli_and_one_call(tiny_dataset, tmp_path):
     data_path, name = tiny_dataset
     base = [f"--dataset={name}", f"--data_path={data_path}", "--ica_epochs=2", "--show_progress=False",
@@ -122,7 +126,7 @@ def test_two_stage_cli_and_one_call(tiny_dataset, tmp_path):
     out = subprocess.run([sys.executable, "-m", "recbole_mm.pretrain", *base], capture_output=True, text=True,
                          cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    fused = Path(data_path) / name / "fused_feat.npy"
+    [fused] = _stage1_files(Path(data_path) / name)  # keyed by what made it, in the user's dataset folder
     assert np.load(fused).shape[1] == 8 and json.loads(fused.with_suffix(".json").read_text())["encoder"] == "ica"
     again = subprocess.run([sys.executable, "-m", "recbole_mm.pretrain", *base], capture_output=True, text=True,
                            cwd=REPO, timeout=300)
@@ -133,32 +137,77 @@ def test_two_stage_cli_and_one_call(tiny_dataset, tmp_path):
            "--epochs=1", "--embedding_size=8", f"--checkpoint_dir={tmp_path / 'ck'}"]
     out = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0 and "TEST_RESULT {" in out.stdout, out.stderr[-2000:]
-    assert "[fused]: 8-d" in out.stdout + out.stderr
+    assert "[fused]: 8-d" in out.stdout + out.stderr and str(fused) in out.stdout + out.stderr  # the log says where
     assert json.loads(fused.with_suffix(".json").read_text())["settings"]["epochs"] == 2  # not re-run
-    # one call: stage 1 runs first when the file is missing (pretrain: True by default)
+    # one call: stage 1 runs first when the file is missing (pretrain: True by default), with progress
     fused.unlink()
     out = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0 and "TEST_RESULT {" in out.stdout, out.stderr[-2000:]
-    assert fused.exists() and "ICA pre-training" in out.stdout + out.stderr
+    assert fused.exists() and "ICA pre-training: epoch 2/2, loss" in out.stdout + out.stderr
 
 
-def test_pretrain_refuses_a_stale_stage1_file(tiny_dataset):
-    """--pretrain=true reuses fused_feat.npy only when its sidecar matches this run's modalities and
-    ICA settings; pretrain_overwrite re-runs stage 1; a file without a sidecar is the user's own."""
+def _prepare(data_path, name, **kw):
+    """The dataset as the pipeline prepares it for AlignRec (stage 1 included)."""
     from recbole_mm.config import Config
-    from recbole_mm.data import create_dataset
-    from recbole_mm.model.general_recommender.alignrec import AlignRec
+    from recbole_mm.quick_start import load_dataset
 
+    config = Config("AlignRec", name, config_dict={"data_path": data_path, "state": "WARNING", "pretrain": True,
+                                                    "show_progress": False, "ica_epochs": 1, "ica_hidden": 16,
+                                                    "ica_heads": 2, **kw})
+    return load_dataset(config)
+
+
+def test_stage1_outputs_of_several_settings_coexist(tiny_dataset):
+    """Default location: one file per (inputs, modalities, ICA settings, seed); a second setting, or a
+    search over them, never stops at a stale file nor destroys the first; pretrain_overwrite re-runs
+    the same setting's file only."""
+    data_path, name = tiny_dataset
+    folder = Path(data_path) / name
+    assert _prepare(data_path, name, ica_output_dim=8).item_features["fused"][1].shape == (8,)  # written, loaded
+    [first] = _stage1_files(folder)
+    stamp = first.stat().st_mtime_ns
+    assert _prepare(data_path, name, ica_output_dim=8).item_features["fused"][1].shape == (8,)  # reused
+    assert first.stat().st_mtime_ns == stamp
+    assert _prepare(data_path, name, ica_output_dim=4).item_features["fused"][1].shape == (4,)
+    assert _prepare(data_path, name, ica_output_dim=8, use_modalities=["text"]).item_features["fused"].shape[1] == 8
+    assert _prepare(data_path, name, ica_output_dim=8, seed=7).item_features["fused"].shape[1] == 8
+    assert len(_stage1_files(folder)) == 4 and first.stat().st_mtime_ns == stamp
+    _prepare(data_path, name, ica_output_dim=8, pretrain_overwrite=True)
+    assert first.stat().st_mtime_ns != stamp and len(_stage1_files(folder)) == 4
+    # pretrain off: an existing file of these settings is used, none is made
+    assert _prepare(data_path, name, ica_output_dim=4, pretrain=False).item_features["fused"].shape[1] == 4
+    assert "fused" not in _prepare(data_path, name, ica_output_dim=16, pretrain=False).item_features
+    assert len(_stage1_files(folder)) == 4
+
+
+def test_stage1_never_writes_into_an_installed_package(tmp_path):
+    """A dataset folder inside an installed package (RecBole's bundled ml-100k) is not the user's:
+    stage-1 output goes to mm_cache_dir instead."""
+    from types import SimpleNamespace
+
+    import recbole
+
+    from recbole_mm.pretrain import is_user_folder, stage1_dir
+
+    bundled = Path(recbole.__file__).parent / "dataset_example" / "ml-100k"
+    assert bundled.is_dir() and not is_user_folder(str(bundled)) and is_user_folder(str(tmp_path))
+    config = {"mm_cache_dir": str(tmp_path / "cache")}
+    dataset = SimpleNamespace(dataset_path=str(bundled), dataset_name="ml-100k")
+    assert stage1_dir(config, dataset) == str(tmp_path / "cache" / "stage1" / "ml-100k")
+    dataset = SimpleNamespace(dataset_path=str(tmp_path), dataset_name="mine")
+    assert stage1_dir(config, dataset) == str(tmp_path)
+    assert not is_user_folder(str(tmp_path / "missing"))
+
+
+def test_explicit_encoder_file_refuses_a_stale_stage1_file(tiny_dataset):
+    """encoder_file names exactly one file: --pretrain=true reuses it only when its sidecar matches this
+    run's modalities and ICA settings; pretrain_overwrite re-runs stage 1; a file without a sidecar,
+    or made by another encoder, is the user's own."""
     data_path, name = tiny_dataset
     fused = Path(data_path) / name / "fused_feat.npy"
 
     def prepare(**kw):
-        config = Config("AlignRec", name, config_dict={"data_path": data_path, "state": "WARNING", "pretrain": True,
-                                                        "show_progress": False, "ica_epochs": 1, "ica_hidden": 16,
-                                                        "ica_heads": 2, **kw})
-        dataset = create_dataset(config)
-        AlignRec.prepare_dataset(config, dataset)
-        return dataset
+        return _prepare(data_path, name, encoder_file="fused_feat.npy", **kw)
 
     assert prepare(ica_output_dim=8).item_features["fused"][1].shape == (8,)  # written, then loaded
     assert prepare(ica_output_dim=8).item_features["fused"][1].shape == (8,)  # same settings: reused

@@ -10,7 +10,9 @@ from recbole_mm.quick_start import run_recbole_mm
 from recbole_mm.utils import get_model
 from tests.conftest import FAST, make_mmrec_folder
 
-GRAPH_MODELS = ["LATTICE", "FREEDOM", "BM3", "MGCN", "LGMRec", "AlignRec", "USERec"]
+from recbole_mm.model.general_recommender import discover
+
+MODELS = sorted(discover())  # every model of the package
 
 
 def _build(model_name, data_path, name, **overrides):
@@ -33,7 +35,7 @@ def three_modalities(tmp_path):
     return str(tmp_path / "data3"), "tri"
 
 
-@pytest.mark.parametrize("model", GRAPH_MODELS + ["VBPR"])
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("mods", [["a"], ["a", "b", "c"]])
 def test_any_number_of_modalities(three_modalities, run_config, model, mods):
     data_path, name = three_modalities
@@ -42,7 +44,7 @@ def test_any_number_of_modalities(three_modalities, run_config, model, mods):
     assert 0 <= result["test_result"]["recall@20"] <= 1
 
 
-@pytest.mark.parametrize("model", GRAPH_MODELS)
+@pytest.mark.parametrize("model", MODELS)
 def test_predict_matches_full_sort(tiny_dataset, model):
     data_path, name = tiny_dataset
     _, m, train = _build(model, data_path, name)

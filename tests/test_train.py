@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from recbole_mm.model.general_recommender import discover
 from recbole_mm.quick_start import load_data_and_model, run_recbole_mm
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("model", ["VBPR", "FREEDOM", "LATTICE", "BM3", "MGCN", "LGMRec", "BPR", "LightGCN", "ItemKNN", "Pop"])
+@pytest.mark.parametrize("model", sorted(discover()) + ["BPR", "LightGCN", "ItemKNN", "Pop"])
 def test_two_epochs(tiny_dataset, run_config, model, capsys):
     data_path, name = tiny_dataset
     result = run_recbole_mm(model, name, config_dict=dict(run_config, data_path=data_path))
@@ -100,18 +101,18 @@ def test_run_hyper_cli(tiny_dataset, tmp_path, model):
 
 
 def test_run_hyper_over_alignrec_stage1_settings(tiny_dataset, tmp_path):
-    """Searching ica_* settings: with pretrain_overwrite every trial re-runs stage 1 on its own settings."""
+    """Searching ica_* settings: every trial runs stage 1 on its own settings into its own keyed file."""
     data_path, name = tiny_dataset
     params = tmp_path / "hyper.test"
     params.write_text("ica_output_dim choice [4,8]\n")
     cmd = [sys.executable, str(REPO / "run_hyper.py"), "--model=AlignRec", f"--dataset={name}",
            f"--data_path={data_path}", f"--params_file={params}", "--epochs=1", "--show_progress=False",
-           "--pretrain_overwrite=True", "--ica_epochs=1", "--ica_hidden=16", "--ica_heads=2", "--embedding_size=8",
+           "--ica_epochs=1", "--ica_hidden=16", "--ica_heads=2", "--embedding_size=8",
            f"--output_file={tmp_path / 'hyper.md'}", f"--checkpoint_dir={tmp_path / 'ck'}"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (out.stdout + out.stderr).count("ICA pre-training on modalities") == 2
     table = (tmp_path / "hyper.md").read_text()
     assert "ica_output_dim:4" in table and "ica_output_dim:8" in table
-    meta = json.loads((Path(data_path) / name / "fused_feat.json").read_text())
-    assert meta["settings"]["output_dim"] in (4, 8)
+    sidecars = sorted((Path(data_path) / name).glob("fused-*.json"))
+    assert sorted(json.loads(f.read_text())["settings"]["output_dim"] for f in sidecars) == [4, 8]

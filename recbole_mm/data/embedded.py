@@ -18,16 +18,8 @@ from logging import getLogger
 import numpy as np
 import pandas as pd
 
+from recbole_mm.cache import cache_root
 from recbole_mm.io import atomic_save_npy, write_ids
-
-
-def cache_root(config=None) -> str:
-    configured = config["mm_cache_dir"] if config is not None else None
-    return os.path.abspath(
-        configured
-        or os.environ.get("RECBOLE_MM_CACHE")
-        or os.path.join(os.path.expanduser("~"), ".cache", "recbole_mm")
-    )
 
 
 def _build_ml100k(config, dataset_path: str, out_dir: str) -> None:

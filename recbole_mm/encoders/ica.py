@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+from logging import getLogger
 
 import numpy as np
 import torch
@@ -255,7 +256,8 @@ def pretrain_ica(features: dict, present: dict, epochs: int = 50, batch_size: in
     optimiser = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=0.01)
     losses = []
     bar = tqdm(range(epochs), desc="ICA pre-training", disable=not show_progress)
-    for _ in bar:
+    every = max(1, epochs // 10)  # without the bar, a log line every tenth of the run
+    for epoch in bar:
         encoder.train()
         order = torch.randperm(n, generator=gen)
         total, batches = 0.0, 0
@@ -270,6 +272,8 @@ def pretrain_ica(features: dict, present: dict, epochs: int = 50, batch_size: in
             total, batches = total + loss.item(), batches + 1
         losses.append(total / max(batches, 1))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if not show_progress and (epoch + 1) % every == 0:
+            getLogger().info("ICA pre-training: epoch %d/%d, loss %.4f", epoch + 1, epochs, losses[-1])
     encoder.eval()
     with torch.no_grad():
         fused = torch.cat([

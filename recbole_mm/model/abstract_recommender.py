@@ -1,45 +1,95 @@
-"""MultimodalRecommender: the base class of recbole_mm's models.
+"""MultimodalRecommender: the contract every recbole_mm model follows.
 
-Holds the dataset's item features (``dataset.item_features``, aligned to internal item ids) as
-non-persistent buffers: they follow ``model.to(device)`` but are not written into checkpoints
-(features can be hundreds of MB and are reloaded from the dataset anyway). Also gives models the
-training graph (edges, normalised adjacency) and cached per-modality KNN graphs.
+A model is one subclass in ``recbole_mm/model/general_recommender/`` (found by the registry) plus
+``properties/model/<Model>.yaml``. What the base class gives it:
+
+* the dataset's item features (``dataset.item_features``, aligned to internal item ids) as
+  non-persistent buffers: they follow ``model.to(device)`` but stay out of checkpoints (features
+  can be hundreds of MB and are reloaded from the dataset anyway);
+* graph operators (:class:`~recbole_mm.model.layers.SparseOperator` modules, which follow
+  ``.to()`` too): the user-item adjacency, the interaction matrix, cached item-item KNN graphs,
+  their modality mix, degree-sensitive pruning, co-interaction graphs;
+* scoring from :meth:`inference_embeddings` with an evaluation cache;
+* declared hooks with no-op defaults, which the pipeline and the trainer call on every model:
+  :meth:`required_features` (derived features the pipeline must produce first, e.g. AlignRec's
+  stage 1) and :meth:`pre_epoch_processing` (per-epoch graph resampling).
+
+A model never reads or writes files and never imports the pipeline.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from recbole.model.abstract_recommender import GeneralRecommender
+from torch import nn
 
+from recbole_mm.cache import graph_cache_dir
 from recbole_mm.data import graphs
 from recbole_mm.model.layers import SparseOperator
 
 
+@dataclass(frozen=True)
+class FeatureRequest:
+    """A derived item feature a model needs before it is built, produced by the pipeline.
+
+    ``name``: the modality it is attached as; ``producer``: which stage-1 producer makes it
+    (``recbole_mm.pretrain.PRODUCERS``); ``file``: an explicit file (``None``: the pipeline picks a
+    path keyed by what made it); ``exclude``: modalities the producer must not read; ``run``:
+    produce it when missing (``False``: use an existing file, else go without).
+    """
+
+    name: str
+    producer: str
+    file: str | None = None
+    run: bool = True
+    overwrite: bool = False
+    exclude: tuple = field(default_factory=tuple)
+
+
 class MultimodalRecommender(GeneralRecommender):
-    #: set to False in a model that can also run without any modality
-    requires_modalities = True
+    """Base class of recbole_mm's models (a RecBole ``GeneralRecommender``)."""
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         features = getattr(dataset, "item_features", {}) or {}
-        if self.requires_modalities and not features:
+        if not features:
             raise ValueError(
                 f"{type(self).__name__} needs item modalities, but dataset '{config['dataset']}' has none: "
-                "add `modalities: {name: file.npy}` to its yaml (see README, 'Datasets')"
+                "add `modalities: {name: file.npy}` to its yaml (see README, 'Data preparation')"
             )
+        # where the model's tensors are now (RecBole's ``device`` attribute is fixed at build time)
+        self.register_buffer("_device_probe", torch.empty(0), persistent=False)
         self.modalities = list(features)
-        masks = getattr(dataset, "item_feature_mask", {}) or {}
         for name, feat in features.items():
             self.register_buffer(self._buffer_name(name), feat.float(), persistent=False)
-            mask = masks.get(name, torch.ones(feat.shape[0], dtype=torch.bool))
-            self.register_buffer(f"mask_{name}", mask.bool(), persistent=False)
-        self._config = config
+        self.knn_backend = config["knn_backend"] or "torch"
+        self.graph_cache_dir = graph_cache_dir(config)
+        # training interactions stay on CPU: graphs are built (and pruning sampled) there, so the
+        # same seed gives the same graphs on every device
         self.train_users, self.train_items = graphs.interaction_edges(dataset)
         self._eval_cache = None
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's tensors (follows ``.to()``)."""
+        probe = self._buffers.get("_device_probe")
+        return probe.device if probe is not None else torch.device("cpu")
+
+    @device.setter
+    def device(self, value):  # RecBole's constructor assigns config["device"]; the tensors decide
+        pass
+
+    # -- hooks the pipeline and the trainer call ------------------------------------------------
+    @classmethod
+    def required_features(cls, config) -> list:
+        """:class:`FeatureRequest` s the pipeline must satisfy before building the model (none)."""
+        return []
+
+    def pre_epoch_processing(self) -> None:
+        """Called by the trainer before every training epoch (e.g. to resample a pruned graph)."""
 
     # -- evaluation cache ---------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -54,11 +104,6 @@ class MultimodalRecommender(GeneralRecommender):
             self._eval_cache = compute()
         return self._eval_cache
 
-    def load_hparams(self, config, *keys) -> None:
-        """``self.<key> = config[key]`` for each key (the model's yaml names are its attribute names)."""
-        for key in keys:
-            setattr(self, key, config[key])
-
     # -- ID embeddings and scoring ----------------------------------------------------------------
     def init_id_embeddings(self, dim: int) -> None:
         """``user_embedding`` / ``item_embedding`` tables, Xavier-uniform initialised."""
@@ -66,6 +111,10 @@ class MultimodalRecommender(GeneralRecommender):
         self.item_embedding = nn.Embedding(self.n_items, dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
+
+    def id_embeddings(self) -> torch.Tensor:
+        """``(n_users + n_items, d)``: the user rows then the item rows (LightGCN's ``E^0``)."""
+        return torch.cat([self.user_embedding.weight, self.item_embedding.weight])
 
     def inference_embeddings(self):
         """``(user, item)`` representations whose dot product is the score (full graphs, no noise)."""
@@ -87,10 +136,6 @@ class MultimodalRecommender(GeneralRecommender):
     def modality_feature(self, name: str) -> torch.Tensor:
         """``(n_items, d)`` feature matrix of modality ``name`` (row 0 = padding)."""
         return getattr(self, self._buffer_name(name))
-
-    def modality_mask(self, name: str) -> torch.Tensor:
-        """``(n_items,)`` bool: True where the item had a real row for ``name`` (False: imputed or padding)."""
-        return getattr(self, f"mask_{name}")
 
     def modality_dims(self) -> dict:
         return {name: self.modality_feature(name).shape[1] for name in self.modalities}
@@ -134,45 +179,6 @@ class MultimodalRecommender(GeneralRecommender):
         full = projector({m: tables[m].weight for m in tables})
         return {m: f[items] for m, f in full.items()}
 
-    # -- graphs -------------------------------------------------------------------------------
-    def norm_adj(self) -> torch.Tensor:
-        """Symmetric-normalised user-item adjacency of the training interactions."""
-        return graphs.bipartite_norm_adj(self.train_users, self.train_items, self.n_users, self.n_items)
-
-    def graph_cache_dir(self):
-        if not self._config["graph_cache"]:
-            return None
-        if self._config["graph_cache_dir"]:
-            return self._config["graph_cache_dir"]
-        from recbole_mm.data.embedded import cache_root
-
-        return os.path.join(cache_root(self._config), "graphs")
-
-    def knn_graph(self, features: torch.Tensor, k: int, normalization: str = "sym", weighted: bool = False):
-        """Cached item-item KNN graph of ``features`` over real items (the padding row 0 is left out)."""
-        features = features.detach().float().cpu()
-
-        def build():
-            return graphs.item_knn_graph(features, k, normalization=normalization, weighted=weighted,
-                                         backend=self._config["knn_backend"] or "torch")
-
-        key = graphs.graph_cache_key([features], k=k, normalization=normalization, weighted=weighted, v=1)
-        return graphs.cached_graph(self.graph_cache_dir(), "knn", key, build).to(self.device)
-
-    def mixed_knn_graph(self, k: int, configured_weights):
-        """``sum_m w_m S_m`` of the modalities' binary KNN graphs (FREEDOM Eq. 3-4; USERec), as an operator."""
-        weights = self.modality_weights(configured_weights)
-        mixed = graphs.weighted_sum([self.knn_graph(self.modality_feature(m), k) for m in self.modalities],
-                                    [weights[m] for m in self.modalities])
-        return SparseOperator(mixed).to(self.device)
-
-    def pruned_adj(self, keep_ratio: float):
-        """A fresh degree-sensitively pruned, re-normalised user-item graph (FREEDOM; USERec)."""
-        users, items = graphs.degree_sensitive_prune(self.train_users, self.train_items, self.n_users,
-                                                     self.n_items, keep_ratio)
-        pruned = graphs.bipartite_norm_adj(users, items, self.n_users, self.n_items)
-        return SparseOperator(pruned, symmetric=True).to(self.device)
-
     def modality_weights(self, configured) -> dict:
         """Per-modality weights from a ``{name: w}`` config (missing names share the rest equally)."""
         configured = dict(configured or {})
@@ -184,3 +190,58 @@ class MultimodalRecommender(GeneralRecommender):
         weights = {n: float(configured[n]) if n in configured else left / len(rest) for n in self.modalities}
         total = sum(weights.values())
         return {n: w / total for n, w in weights.items()}
+
+    # -- graph operators (each a SparseOperator on the model's device) ---------------------------
+    def _operator(self, coo: torch.Tensor, symmetric: bool = False) -> SparseOperator:
+        return SparseOperator(coo, symmetric=symmetric).to(self.device)
+
+    def ui_graph(self, normalization: str = "sym", self_loops: bool = False) -> SparseOperator:
+        """Normalised user-item adjacency ``[[0, R], [R^T, 0]]`` (+ I) of the training interactions."""
+        adj = graphs.bipartite_norm_adj(self.train_users, self.train_items, self.n_users, self.n_items,
+                                        normalization=normalization, self_loops=self_loops)
+        return self._operator(adj, symmetric=normalization == "sym")
+
+    def interaction_matrix(self, normalization: str = "sym") -> SparseOperator:
+        """``R`` (users x items): ``sym`` ``D_u^-1/2 R D_i^-1/2``, ``rw`` mean over a user's items, ``none`` binary."""
+        return self._operator(graphs.user_item_matrix(self.train_users, self.train_items, self.n_users,
+                                                      self.n_items, normalization=normalization))
+
+    def _knn_coo(self, features: torch.Tensor, k: int, normalization: str, weighted: bool) -> torch.Tensor:
+        features = features.detach().float().cpu()
+
+        def build():
+            return graphs.item_knn_graph(features, k, normalization=normalization, weighted=weighted,
+                                         backend=self.knn_backend)
+
+        key = graphs.graph_cache_key([features], k=k, normalization=normalization, weighted=weighted, v=1)
+        return graphs.cached_graph(self.graph_cache_dir, "knn", key, build)
+
+    def knn_graph(self, features: torch.Tensor, k: int, normalization: str = "sym",
+                  weighted: bool = False) -> SparseOperator:
+        """Cached item-item KNN graph of ``features`` over real items (the padding row 0 is left out)."""
+        return self._operator(self._knn_coo(features, k, normalization, weighted))
+
+    def modality_knn_graphs(self, k: int, normalization: str = "sym", weighted: bool = False) -> nn.ModuleDict:
+        """One KNN graph per modality of its raw features (MGCN, LATTICE's initial graphs)."""
+        return nn.ModuleDict({m: self.knn_graph(self.modality_feature(m), k, normalization, weighted)
+                              for m in self.modalities})
+
+    def mixed_knn_graph(self, k: int, configured_weights) -> SparseOperator:
+        """``sum_m w_m S_m`` of the modalities' binary KNN graphs (FREEDOM Eq. 3-4; USERec)."""
+        weights = self.modality_weights(configured_weights)
+        mixed = graphs.weighted_sum([self._knn_coo(self.modality_feature(m), k, "sym", False) for m in self.modalities],
+                                    [weights[m] for m in self.modalities])
+        return self._operator(mixed)
+
+    def pruned_ui_graph(self, keep_ratio: float) -> SparseOperator:
+        """A fresh degree-sensitively pruned, re-normalised user-item graph (FREEDOM; USERec)."""
+        users, items = graphs.degree_sensitive_prune(self.train_users, self.train_items, self.n_users,
+                                                     self.n_items, keep_ratio)
+        pruned = graphs.bipartite_norm_adj(users, items, self.n_users, self.n_items)
+        return self._operator(pruned, symmetric=True)
+
+    def co_interaction_graph(self, k: int) -> SparseOperator:
+        """Top-``k`` co-interaction (``R^T R``) item-item graph of the training data (USERec)."""
+        return self._operator(graphs.co_interaction_graph(self.train_users.numpy(), self.train_items.numpy(),
+                                                          self.n_users, self.n_items, k))
+

@@ -27,22 +27,48 @@ class _FixedSpMM(torch.autograd.Function):
         return None, ctx.op.csr_t @ grad
 
 
-class SparseOperator:
-    """A fixed (non-learned) sparse graph used for propagation; build once, multiply many times."""
+class SparseOperator(nn.Module):
+    """A fixed (non-learned) sparse graph used for propagation; build once, multiply many times.
+
+    A module, so that a model's graphs follow ``model.to(device)`` (and ``.float()`` ...) with its
+    parameters. The CSR matrices are plain attributes moved by :meth:`_apply`, not buffers: they
+    stay out of checkpoints (they are rebuilt from the data) and out of DDP's buffer broadcast,
+    which cannot send sparse tensors.
+    """
 
     def __init__(self, coo: torch.Tensor, symmetric: bool = False):
+        super().__init__()
         coo = coo.coalesce()
         self.shape = tuple(coo.shape)
         self.symmetric = symmetric
         with warnings.catch_warnings():  # CSR support is flagged beta; it is what we want here
             warnings.simplefilter("ignore")
             self.csr = coo.to_sparse_csr()
-            self.csr_t = self.csr if symmetric else coo.t().coalesce().to_sparse_csr()
+            self._csr_t = None if symmetric else coo.t().coalesce().to_sparse_csr()
 
-    def to(self, device):
-        self.csr = self.csr.to(device)
-        self.csr_t = self.csr if self.symmetric else self.csr_t.to(device)
-        return self
+    @property
+    def csr_t(self) -> torch.Tensor:
+        """``M^T`` as CSR (``M`` itself when symmetric: one copy on the device)."""
+        return self.csr if self.symmetric else self._csr_t
+
+    def _apply(self, fn, recurse=True):
+        self.csr = fn(self.csr)
+        if self._csr_t is not None:
+            self._csr_t = fn(self._csr_t)
+        return super()._apply(fn, recurse)
+
+    @property
+    def device(self) -> torch.device:
+        return self.csr.device
+
+    def edges(self):
+        """``(rows, cols, values)`` in row-major order (that of the coalesced COO it was built from)."""
+        rows = torch.repeat_interleave(torch.arange(self.shape[0], device=self.device),
+                                       self.csr.crow_indices().diff())
+        return rows, self.csr.col_indices(), self.csr.values()
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, nnz={self.csr.values().numel()}, symmetric={self.symmetric}"
 
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         return _FixedSpMM.apply(self, x)

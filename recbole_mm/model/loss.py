@@ -1,23 +1,43 @@
-"""Losses shared by recbole_mm models (BPR itself is RecBole's ``BPRLoss``)."""
+"""Losses shared by recbole_mm models (RecBole's where they fit: :class:`L2Loss` is its ``EmbLoss``)."""
 
 from __future__ import annotations
 
 import torch
+from recbole.model.loss import EmbLoss
 from torch.autograd.function import once_differentiable
 
+from recbole_mm.runtime import log_once
 
-def l2_reg(*embeddings: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm of batch embeddings, averaged over the batch: ``sum_k ||E_k||^2 / (2 B)``.
 
-    The usual ``lambda * ||Theta||^2`` term of BPR-style objectives (VBPR, LightGCN, FREEDOM ...)
-    applied to the rows a batch touches; ``B`` is the first dimension of the last tensor.
+class L2Loss(EmbLoss):
+    """RecBole's ``EmbLoss(require_pow=True)``: ``sum_k ||E_k||^2 / (2 B)``, ``B`` the first
+    dimension of the last tensor -- the ``lambda ||Theta||^2`` term of BPR-style objectives (VBPR,
+    LATTICE, MGCN, USERec, AlignRec) on the rows a batch touches.
+
+    Same value as the parent; computed as one sum of squares per tensor instead of a norm raised to
+    the power 2 (no square root to undo) and returned as a scalar.
     """
-    batch = embeddings[-1].shape[0]
-    return sum(e.pow(2).sum() for e in embeddings) / (2.0 * batch)
+
+    def __init__(self):
+        super().__init__(norm=2)
+
+    def forward(self, *embeddings: torch.Tensor) -> torch.Tensor:
+        batch = embeddings[-1].shape[0]
+        return sum(e.pow(2).sum() for e in embeddings) / (2.0 * batch)
+
+
+l2_reg = L2Loss()  # stateless: one shared instance
+
+
+def bpr_l2(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, reg_weight: float) -> torch.Tensor:
+    """BPR on ``u . pos`` vs ``u . neg`` plus ``reg_weight`` x :class:`L2Loss` of the three row sets:
+    the objective of most graph models over their final representations."""
+    return bpr_loss((u * pos).sum(1), (u * neg).sum(1)) + reg_weight * l2_reg(u, pos, neg)
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
-    """``-mean log sigmoid(s_pos - s_neg)`` (Rendle et al. 2009); same as RecBole's ``BPRLoss``."""
+    """``-mean log sigmoid(s_pos - s_neg)`` (Rendle et al. 2009): RecBole's ``BPRLoss`` without its
+    ``1e-10`` inside the log (``logsigmoid`` is stable on its own)."""
     return -torch.nn.functional.logsigmoid(pos_scores - neg_scores).mean()
 
 
@@ -88,6 +108,8 @@ def contrastive_dtype(setting: str | None, device: torch.device | str, key: str 
         else:
             native = device.type == "cpu" and _cpu_has_native_bf16()
         value = "bfloat16" if native else "float32"
+        log_once(f"{key}:{device.type}", "%s: auto -> %s on %s (%s bf16 matmuls)", key, value, device.type,
+                 "native" if native else "no native")
     return torch.bfloat16 if value == "bfloat16" else None
 
 

@@ -1,8 +1,9 @@
 """AlignRec (Liu et al., CIKM 2024): "AlignRec: Aligning and Training in Multimodal Recommendations".
 
-Stage 2 (recommendation) of the paper; stage 1 (inter-content alignment pre-training,
-:mod:`recbole_mm.pretrain`, run first by default: ``pretrain: True``) produces the fused item
-feature ``h_enc`` as a dataset modality (``encoder_modality``).
+Stage 2 (recommendation) of the paper. The model declares (:meth:`AlignRec.required_features`)
+the fused item feature ``h_enc`` of stage 1 (inter-content alignment pre-training); the pipeline
+(:mod:`recbole_mm.pretrain`, run first by default: ``pretrain: True``) produces it and attaches it
+as a dataset modality (``encoder_modality``).
 
 * ``h_enc``: the fused modality if the run has it, otherwise the documented fallback: every
   modality L2-normalised, weighted by ``sqrt(modality_weights)`` and concatenated (the content
@@ -20,7 +21,6 @@ feature ``h_enc`` as a dataset modality (``encoder_modality``).
 
 from __future__ import annotations
 
-import os
 from logging import getLogger
 
 import torch
@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mm.data import graphs
-from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import Fusion, SparseOperator, lightgcn_propagate, propagate, split_users_items
+from recbole_mm.model.abstract_recommender import FeatureRequest, MultimodalRecommender
+from recbole_mm.model.layers import Fusion, lightgcn_propagate, propagate, split_users_items
 from recbole_mm.model.loss import bpr_loss, contrastive_dtype, info_nce, similarity_preserving_loss
 
 
@@ -40,9 +39,13 @@ class AlignRec(MultimodalRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size = config["embedding_size"]
-        self.load_hparams(config, "n_ui_layers", "n_mm_layers", "reg_weight", "cca_weight", "uia_weight", "sim_weight",
-                          "cca_temperature")
-        self.cca_dtype = contrastive_dtype(config["cca_dtype"], self.device)
+        self.n_ui_layers, self.n_mm_layers = config["n_ui_layers"], config["n_mm_layers"]  # ID, content depth
+        # loss weights (alpha, beta, lambda of the paper; 0 switches a term off) and the CCA temperature
+        self.cca_weight, self.uia_weight = config["cca_weight"], config["uia_weight"]
+        self.sim_weight = config["sim_weight"]
+        self.reg_weight, self.cca_temperature = config["reg_weight"], config["cca_temperature"]
+        # resolved for the device the run trains on (the model is built on CPU, then moved)
+        self.cca_dtype = contrastive_dtype(config["cca_dtype"], config["device"] or "cpu")
 
         self.init_id_embeddings(d)
         h_enc = self.encoder_features(config["encoder_modality"], config["modality_weights"])
@@ -54,36 +57,24 @@ class AlignRec(MultimodalRecommender):
         self.fusion_mode = config["fusion"] or "sum"
         self.fusion = None if self.fusion_mode == "sum" else Fusion(self.fusion_mode, d, 2)
 
-        self.mm_graph = SparseOperator(self.knn_graph(h_enc, config["knn_k"], weighted=True)).to(self.device)
-        self.adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
-        self.R = SparseOperator(
-            graphs.user_item_matrix(self.train_users, self.train_items, self.n_users, self.n_items)
-        ).to(self.device)
+        self.mm_graph = self.knn_graph(h_enc, config["knn_k"], weighted=True)
+        self.adj = self.ui_graph()
+        self.R = self.interaction_matrix()
 
     @classmethod
-    def prepare_dataset(cls, config, dataset):
-        """Two-stage training: attach stage-1 features as modality ``encoder_modality``.
+    def required_features(cls, config) -> list:
+        """Stage 1's fused item feature ``h_enc``, attached as modality ``encoder_modality``.
 
-        ``<dataset dir>/<encoder_file>`` is loaded if it exists; with ``pretrain: True`` stage 1
-        (ICA pre-training, :mod:`recbole_mm.pretrain`) first writes it when it is missing or
-        ``pretrain_overwrite`` is set, and refuses a file its sidecar says was made from other
-        modalities or ICA settings.
+        The pipeline (:mod:`recbole_mm.pretrain`) produces it: from ``encoder_file`` when one is
+        given, else from a file keyed by the modalities, ICA settings and seed that made it; stage 1
+        runs first when it is missing and ``pretrain`` is on (``pretrain_overwrite``: always).
         """
-        from recbole_mm.data.features import parse_modalities
-
-        name, file = config["encoder_modality"], config["encoder_file"]
-        if not name or not file or name in dataset.item_features:
-            return
-        path = file if os.path.isabs(file) else os.path.join(dataset.dataset_path, file)
-        if config["pretrain"]:
-            from recbole_mm.pretrain import check_stage1_file, run_stage1
-
-            if config["pretrain_overwrite"] or not os.path.isfile(path):
-                run_stage1(config, dataset, path, exclude=(name,))
-            else:  # reuse it only if it is what stage 1 would write now
-                check_stage1_file(path, config, [m for m in dataset.item_features if m != name])
-        if os.path.isfile(path):  # absolute: a relative data_path must not be joined twice
-            dataset.load_modality(parse_modalities({name: os.path.abspath(path)}, dataset.dataset_path)[0])
+        name = config["encoder_modality"]
+        if not name:
+            return []
+        return [FeatureRequest(name=name, producer="ica", file=config["encoder_file"] or None,
+                               run=bool(config["pretrain"]), overwrite=bool(config["pretrain_overwrite"]),
+                               exclude=(name,))]
 
     def encoder_features(self, name, weights=None) -> torch.Tensor:
         """``h_enc``: the stage-1 fused modality ``name`` if present, else the fallback: modalities
@@ -97,8 +88,7 @@ class AlignRec(MultimodalRecommender):
         return self.concat_features(normalize=True, weights=self.modality_weights(weights))
 
     def forward(self):
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        h_id = lightgcn_propagate(self.adj, ego, self.n_ui_layers)
+        h_id = lightgcn_propagate(self.adj, self.id_embeddings(), self.n_ui_layers)
         h_in = self.h_enc if self.h_enc_tuned is None else self.h_enc_tuned
         h_con = self.item_embedding.weight * torch.sigmoid(self.content_mlp(h_in))
         h_mm_items = propagate(self.mm_graph, h_con, self.n_mm_layers)

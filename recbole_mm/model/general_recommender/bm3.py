@@ -16,7 +16,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import ModalityProjector, SparseOperator, lightgcn_propagate, split_users_items
+from recbole_mm.model.layers import ModalityProjector, lightgcn_propagate, split_users_items
 from recbole_mm.model.loss import bootstrap_loss
 
 
@@ -25,7 +25,9 @@ class BM3(MultimodalRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.load_hparams(config, "embedding_size", "n_layers", "reg_weight", "cl_weight", "dropout")
+        self.embedding_size, self.n_layers = config["embedding_size"], config["n_layers"]
+        self.reg_weight, self.cl_weight = config["reg_weight"], config["cl_weight"]  # loss weights
+        self.dropout = config["dropout"]  # makes the target views
 
         self.init_id_embeddings(self.embedding_size)
         self.features = self.feature_tables(trainable=config["train_features"])
@@ -35,11 +37,11 @@ class BM3(MultimodalRecommender):
         self.predictor = nn.Linear(self.embedding_size, self.embedding_size)
         nn.init.xavier_normal_(self.predictor.weight)
         self.reg_loss = EmbLoss()
-        self.adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
+        self.adj = self.ui_graph()
 
     def forward(self):
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        users, items = split_users_items(lightgcn_propagate(self.adj, ego, self.n_layers), self.n_users)
+        users, items = split_users_items(lightgcn_propagate(self.adj, self.id_embeddings(), self.n_layers),
+                                         self.n_users)
         return users, items + self.item_embedding.weight
 
     def calculate_loss(self, interaction):

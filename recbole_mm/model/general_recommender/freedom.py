@@ -16,13 +16,7 @@ import torch
 from recbole.utils import InputType
 
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import (
-    ModalityProjector,
-    SparseOperator,
-    lightgcn_propagate,
-    propagate,
-    split_users_items,
-)
+from recbole_mm.model.layers import ModalityProjector, lightgcn_propagate, propagate, split_users_items
 from recbole_mm.model.loss import bpr_loss
 
 
@@ -31,14 +25,16 @@ class FREEDOM(MultimodalRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.load_hparams(config, "embedding_size", "n_ui_layers", "n_mm_layers", "reg_weight", "edge_prune_ratio")
+        self.embedding_size = config["embedding_size"]
+        self.n_ui_layers, self.n_mm_layers = config["n_ui_layers"], config["n_mm_layers"]  # graph depths
+        self.reg_weight, self.edge_prune_ratio = config["reg_weight"], config["edge_prune_ratio"]
 
         self.init_id_embeddings(self.embedding_size)
         self.features = self.feature_tables(trainable=config["train_features"])
         self.projector = ModalityProjector(self.modality_dims(), self.embedding_size)
 
         self.mm_graph = self.mixed_knn_graph(config["knn_k"], config["modality_weights"])
-        self.full_adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
+        self.full_adj = self.ui_graph()
         self.train_adj = self.full_adj
 
     def pre_epoch_processing(self):
@@ -46,12 +42,11 @@ class FREEDOM(MultimodalRecommender):
         if self.edge_prune_ratio <= 0:
             self.train_adj = self.full_adj
             return
-        self.train_adj = self.pruned_adj(1.0 - self.edge_prune_ratio)
+        self.train_adj = self.pruned_ui_graph(1.0 - self.edge_prune_ratio)
 
     def forward(self, adj):
         h = propagate(self.mm_graph, self.item_embedding.weight, self.n_mm_layers)
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        users, items = split_users_items(lightgcn_propagate(adj, ego, self.n_ui_layers), self.n_users)
+        users, items = split_users_items(lightgcn_propagate(adj, self.id_embeddings(), self.n_ui_layers), self.n_users)
         return users, items + h
 
     def calculate_loss(self, interaction):

@@ -21,15 +21,9 @@ from torch import nn
 
 from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import (
-    ModalityProjector,
-    SparseOperator,
-    edge_propagate,
-    propagate,
-    lightgcn_propagate,
-    split_users_items,
-)
-from recbole_mm.model.loss import bpr_loss, l2_reg
+from recbole_mm.model.layers import ModalityProjector, SparseOperator, edge_propagate, lightgcn_propagate, propagate
+from recbole_mm.model.layers import split_users_items
+from recbole_mm.model.loss import bpr_l2
 
 
 class LATTICE(MultimodalRecommender):
@@ -37,25 +31,24 @@ class LATTICE(MultimodalRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.load_hparams(config, "embedding_size", "knn_k", "lambda_coeff", "n_layers", "n_ui_layers", "reg_weight")
+        self.embedding_size, self.reg_weight = config["embedding_size"], config["reg_weight"]
+        self.knn_k, self.lambda_coeff = config["knn_k"], config["lambda_coeff"]  # the item graph (Eq. 1-7)
+        self.n_layers, self.n_ui_layers = config["n_layers"], config["n_ui_layers"]  # item-item, user-item depth
 
         self.init_id_embeddings(self.embedding_size)
         self.features = self.feature_tables(trainable=config["train_features"])
         self.projector = ModalityProjector(self.modality_dims(), config["feat_embed_dim"])
         self.modal_logits = nn.Parameter(torch.zeros(len(self.modalities)))  # alpha = softmax
 
-        # initial graphs S~_m: fixed, one per modality (cached on disk)
-        self._initial = []
-        for m in self.modalities:
-            g = self.knn_graph(self.modality_feature(m), self.knn_k, normalization="sym", weighted=True)
-            self._initial.append((g.indices()[0], g.indices()[1], g.values()))
-        self.adj = SparseOperator(self.norm_adj_rw()).to(self.device)
+        # initial graphs S~_m: fixed, one per modality (cached on disk), kept as one edge list of
+        # modality blocks (sizes in _initial_sizes) whose values alpha_m scales when A is built
+        initial = [g.edges() for g in self.modality_knn_graphs(self.knn_k, weighted=True).values()]
+        self._initial_sizes = [len(e[0]) for e in initial]
+        for j, part in enumerate(("init_rows", "init_cols", "init_vals")):
+            self.register_buffer(part, torch.cat([e[j] for e in initial]), persistent=False)
+        self.adj = self.ui_graph(normalization="rw", self_loops=True)
         self._item_graph = None  # A as a fixed operator, rebuilt each epoch
         self._rebuild = True
-
-    def norm_adj_rw(self):
-        return graphs.bipartite_norm_adj(self.train_users, self.train_items, self.n_users, self.n_items,
-                                         normalization="rw", self_loops=True)
 
     def pre_epoch_processing(self):
         self._rebuild = True
@@ -75,12 +68,10 @@ class LATTICE(MultimodalRecommender):
             rows.append(r + 1), cols.append(c + 1), vals.append(alpha[j] * sims)
         rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
         learned = graphs.normalize_edges(rows, cols, vals, self.n_items, mode="sym")
-        init_rows = torch.cat([g[0] for g in self._initial]).to(self.device)
-        init_cols = torch.cat([g[1] for g in self._initial]).to(self.device)
-        init_vals = torch.cat([alpha[j] * g[2].to(self.device) for j, g in enumerate(self._initial)])
+        init_vals = torch.cat([alpha[j] * v for j, v in enumerate(self.init_vals.split(self._initial_sizes))])
         return (
-            torch.cat([rows, init_rows]),
-            torch.cat([cols, init_cols]),
+            torch.cat([rows, self.init_rows]),
+            torch.cat([cols, self.init_cols]),
             torch.cat([(1 - self.lambda_coeff) * learned, self.lambda_coeff * init_vals]),
         )
 
@@ -101,16 +92,15 @@ class LATTICE(MultimodalRecommender):
             h = propagate(graph, self.item_embedding.weight, self.n_layers)
         else:
             h = edge_propagate(*graph, self.item_embedding.weight, self.n_layers)
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        users, items = split_users_items(lightgcn_propagate(self.adj, ego, self.n_ui_layers), self.n_users)
+        users, items = split_users_items(lightgcn_propagate(self.adj, self.id_embeddings(), self.n_ui_layers),
+                                         self.n_users)
         return users, items + F.normalize(h, dim=1)
 
     def calculate_loss(self, interaction):
         user = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
         users, items = self.forward()
-        u, p, n = users[user], items[pos], items[neg]
-        return bpr_loss((u * p).sum(1), (u * n).sum(1)) + self.reg_weight * l2_reg(u, p, n)
+        return bpr_l2(users[user], items[pos], items[neg], self.reg_weight)
 
     def inference_embeddings(self):
         with torch.no_grad():

@@ -22,9 +22,8 @@ from recbole.model.loss import EmbLoss
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import SparseOperator, lightgcn_propagate, propagate, split_users_items
+from recbole_mm.model.layers import lightgcn_propagate, propagate, split_users_items
 from recbole_mm.model.loss import bpr_loss
 
 
@@ -34,7 +33,11 @@ class LGMRec(MultimodalRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size = config["embedding_size"]
-        self.load_hparams(config, "n_ui_layers", "n_mm_layers", "n_hyper_layer", "alpha", "cl_weight", "reg_weight")
+        # depths: collaborative, modality and hypergraph convolutions
+        self.n_ui_layers, self.n_mm_layers, self.n_hyper_layer = (config["n_ui_layers"], config["n_mm_layers"],
+                                                                   config["n_hyper_layer"])
+        self.alpha = config["alpha"]  # weight of the global embeddings
+        self.cl_weight, self.reg_weight = config["cl_weight"], config["reg_weight"]
         self.tau = config["hyper_temperature"]
 
         self.init_id_embeddings(d)
@@ -46,10 +49,9 @@ class LGMRec(MultimodalRecommender):
         self.edge_dropout = nn.Dropout(1 - config["keep_rate"])
         self.reg_loss = EmbLoss()
 
-        self.adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
-        edges = (self.train_users, self.train_items, self.n_users, self.n_items)
-        self.R = SparseOperator(graphs.user_item_matrix(*edges, normalization="none")).to(self.device)
-        self.R_mean = SparseOperator(graphs.user_item_matrix(*edges, normalization="rw")).to(self.device)
+        self.adj = self.ui_graph()
+        self.R = self.interaction_matrix(normalization="none")
+        self.R_mean = self.interaction_matrix(normalization="rw")
 
     def _memberships(self, logits):
         if self.training:
@@ -57,8 +59,7 @@ class LGMRec(MultimodalRecommender):
         return torch.softmax(logits / self.tau, dim=1)  # noise-free at inference: deterministic scores
 
     def forward(self):
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        cge = lightgcn_propagate(self.adj, ego, self.n_ui_layers)
+        cge = lightgcn_propagate(self.adj, self.id_embeddings(), self.n_ui_layers)
         cge_items = cge[self.n_users:]
         local, hyper = cge, {}
         for m in self.modalities:

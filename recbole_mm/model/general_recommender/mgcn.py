@@ -17,17 +17,9 @@ from __future__ import annotations
 import torch
 from recbole.utils import InputType
 
-from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import (
-    Fusion,
-    ModalityProjector,
-    SparseOperator,
-    lightgcn_propagate,
-    propagate,
-    split_users_items,
-)
-from recbole_mm.model.loss import bpr_loss, info_nce, l2_reg
+from recbole_mm.model.layers import Fusion, ModalityProjector, lightgcn_propagate, propagate, split_users_items
+from recbole_mm.model.loss import bpr_l2, info_nce
 
 
 class MGCN(MultimodalRecommender):
@@ -36,7 +28,9 @@ class MGCN(MultimodalRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size = config["embedding_size"]
-        self.load_hparams(config, "n_ui_layers", "n_layers", "reg_weight", "cl_weight", "cl_temperature")
+        self.n_ui_layers, self.n_layers = config["n_ui_layers"], config["n_layers"]  # user-item, item-item depth
+        self.reg_weight, self.cl_weight = config["reg_weight"], config["cl_weight"]  # loss weights
+        self.cl_temperature = config["cl_temperature"]
 
         self.init_id_embeddings(d)
         self.features = self.feature_tables(trainable=config["train_features"])
@@ -45,18 +39,12 @@ class MGCN(MultimodalRecommender):
         self.preference = ModalityProjector({m: d for m in self.modalities}, d, activation="sigmoid")
         self.common = Fusion("attention", d, len(self.modalities))
 
-        self.item_graphs = {
-            m: SparseOperator(self.knn_graph(self.modality_feature(m), config["knn_k"], weighted=True)).to(self.device)
-            for m in self.modalities
-        }
-        self.adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
-        self.R = SparseOperator(
-            graphs.user_item_matrix(self.train_users, self.train_items, self.n_users, self.n_items)
-        ).to(self.device)
+        self.item_graphs = self.modality_knn_graphs(config["knn_k"], weighted=True)
+        self.adj = self.ui_graph()
+        self.R = self.interaction_matrix()
 
     def forward(self):
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        content = lightgcn_propagate(self.adj, ego, self.n_ui_layers)
+        content = lightgcn_propagate(self.adj, self.id_embeddings(), self.n_ui_layers)
         projected = self.projector({m: self.features[m].weight for m in self.modalities})
         gates = self.purifier(projected)
         views = []
@@ -74,8 +62,7 @@ class MGCN(MultimodalRecommender):
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
         final, side, content = self.forward()
         users, items = split_users_items(final, self.n_users)
-        u, p, n = users[user], items[pos], items[neg]
-        loss = bpr_loss((u * p).sum(1), (u * n).sum(1)) + self.reg_weight * l2_reg(u, p, n)
+        loss = bpr_l2(users[user], items[pos], items[neg], self.reg_weight)
         side_u, side_i = split_users_items(side, self.n_users)
         cont_u, cont_i = split_users_items(content, self.n_users)
         cl = info_nce(side_i[pos], cont_i[pos], self.cl_temperature) + \

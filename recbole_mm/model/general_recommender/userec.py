@@ -8,8 +8,8 @@ Every component is a config switch, so the paper's ablations are one flag each:
   (keep ``keep_ratio`` = ρ_p of the edges, p ∝ 1/sqrt(d_u d_i)); the full graph at inference;
 * ``behaviour_graph``: each modality projected by its own linear layer, concatenated (then mapped
   to the embedding size) and propagated over the co-interaction item-item graph ``S_u``;
-  ``behaviour_norm`` L2-normalises the result before it is added (unscaled, it swamped the ID
-  signal on lfm2k: test Recall@20 0.333 -> 0.408);
+  ``behaviour_norm`` L2-normalises the result before it is added (unscaled, its scale can
+  swamp the ID embeddings; chosen on lfm2k valid, benchmarks/README.md);
 * per-modality KNN similarity graphs, mixed with ``modality_weights``, enhance the item IDs;
 * ``sampled_attention``: each user attends over itself and ``n_samples`` (C) random items
   (weighted residual ``attention_alpha``); at inference the sample is drawn from a fixed seed, so
@@ -25,19 +25,10 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import (
-    ModalityProjector,
-    SampledAttention,
-    SparseOperator,
-    first_occurrence,
-    lightgcn_propagate,
-    propagate,
-    sinusoidal_encoding,
-    split_users_items,
-)
-from recbole_mm.model.loss import bpr_loss, info_nce, l2_reg
+from recbole_mm.model.layers import ModalityProjector, SampledAttention, first_occurrence, lightgcn_propagate
+from recbole_mm.model.layers import propagate, sinusoidal_encoding, split_users_items
+from recbole_mm.model.loss import bpr_l2, info_nce
 
 
 class USERec(MultimodalRecommender):
@@ -46,9 +37,14 @@ class USERec(MultimodalRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = self.embedding_size = config["embedding_size"]
-        self.load_hparams(config, "n_ui_layers", "n_ii_layers", "reg_weight", "cl_weight", "cl_dropout",
-                          "cl_temperature", "user_pe", "item_pe", "prune", "keep_ratio", "behaviour_graph",
-                          "sampled_attention", "n_samples", "behaviour_norm")
+        self.n_ui_layers, self.n_ii_layers = config["n_ui_layers"], config["n_ii_layers"]
+        self.reg_weight, self.cl_weight = config["reg_weight"], config["cl_weight"]
+        self.cl_dropout, self.cl_temperature = config["cl_dropout"], config["cl_temperature"]  # the two views
+        # the paper's components, each a switch (its ablations), with their settings
+        self.user_pe, self.item_pe = config["user_pe"], config["item_pe"]
+        self.prune, self.keep_ratio = config["prune"], config["keep_ratio"]
+        self.behaviour_graph, self.behaviour_norm = config["behaviour_graph"], config["behaviour_norm"]
+        self.sampled_attention, self.n_samples = config["sampled_attention"], config["n_samples"]
         self.init_id_embeddings(d)
         # pe_scale multiplies the fixed codes (1 = the paper's formula); the codes have unit-size
         # entries while Xavier-initialised embeddings start ~20x smaller, so the scale sets how much
@@ -62,19 +58,17 @@ class USERec(MultimodalRecommender):
             hidden = config["modality_hidden"]
             self.projector = ModalityProjector(self.modality_dims(), hidden)
             self.behaviour_out = nn.Linear(hidden * len(self.modalities), d)
-            behaviour = graphs.co_interaction_graph(self.train_users.numpy(), self.train_items.numpy(),
-                                                    self.n_users, self.n_items, config["behaviour_k"])
-            self.co_graph = SparseOperator(behaviour).to(self.device)
+            self.co_graph = self.co_interaction_graph(config["behaviour_k"])
         if self.sampled_attention:
             self.attention = SampledAttention(d, config["attention_alpha"])
-        self.full_adj = SparseOperator(self.norm_adj(), symmetric=True).to(self.device)
+        self.full_adj = self.ui_graph()
         self.train_adj = self.full_adj
         self._eval_generator_seed = config["seed"]
 
     def pre_epoch_processing(self):
         if not self.prune:
             return
-        self.train_adj = self.pruned_adj(self.keep_ratio)
+        self.train_adj = self.pruned_ui_graph(self.keep_ratio)
 
     def propagate_all(self, adj):
         """Graph part: ``(users (n_users, d), items (n_items, d))`` before sampled attention."""
@@ -102,8 +96,7 @@ class USERec(MultimodalRecommender):
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
         users, items = self.propagate_all(self.train_adj if self.prune else self.full_adj)
         u = self._attend(users[user], items)
-        p, n = items[pos], items[neg]
-        loss = bpr_loss((u * p).sum(1), (u * n).sum(1)) + self.reg_weight * l2_reg(u, p, n)
+        loss = bpr_l2(u, items[pos], items[neg], self.reg_weight)
         if self.cl_weight:
             # two dropout views of the batch's distinct users and items (as SGL/SimGCL: a repeated
             # row is not its own negative, and the logits shrink to distinct x distinct)

@@ -76,3 +76,16 @@ def test_epoch_ratio_alternates_models_in_one_process(tiny_dataset, tmp_path):
     assert lines[1].startswith("BPR: median ") and "ratio median 1.00 (25-75%: 1.00-1.00)" in lines[1]
     assert lines[2].startswith("VBPR:use_bias=False: median ")
     assert "round 2: " in proc.stderr  # progress per round; round 0 is the uncounted warm-up
+
+
+def test_propagation_benchmark_variants_agree():
+    """benchmarks/propagation.py: every propagation variant gives LightGCN's numbers (checked inside
+    measure(), which would raise) and a row per variant."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import propagation
+    finally:
+        sys.path.pop(0)
+    graph = propagation.baby_sized_edges(seed=1, users=50, items=30, edges=200)
+    rows = propagation.measure("tiny", graph, n_layers=2, dim=8, reps=1)
+    assert len(rows) == 4 and rows[0].startswith("| tiny | SparseOperator |") and "1.00x" in rows[0]

@@ -3,4 +3,4 @@
 from recbole_mm.hyper import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())  # 2 after a one-line error for bad input

@@ -103,12 +103,13 @@ def check_splits(splits: dict, source: str) -> None:
                               f"empty ({sizes} interactions); every split needs at least one interaction")
 
 
-def check_features(matrix, path: str, ids=None) -> np.ndarray:
-    """Feature rows as float32; NaN/inf, or a value float32 cannot hold, is an error naming the row."""
+def check_features(matrix, path: str, ids=None, rows=None) -> np.ndarray:
+    """Feature rows as float32; NaN/inf, or a value float32 cannot hold, is an error naming the row
+    (``rows``: the row numbers to name, default 0..n-1 as in a .npy; ``ids``: the item of each)."""
     from recbole_mm.data.features import FeatureError, to_float32
 
     try:
-        return to_float32(np.asarray(matrix), f"{path}:", row_ids=ids)
+        return to_float32(np.asarray(matrix), f"{path}:", rows=rows, row_ids=ids)
     except FeatureError as exc:
         raise ConversionError(str(exc)) from exc
 

@@ -149,7 +149,7 @@ def load_feature(spec: str, item_column: str, id_column: str = None):
         col = values.columns[values.iloc[row].isna().to_numpy()][0]
         raise ConversionError(f"{path}: field '{col}' row {row + 1} (item {frame[id_col].iloc[row]}): not a number")
     ids = frame[id_col].astype(str).to_numpy()
-    matrix = check_features(values.to_numpy(np.float64), path, ids)
+    matrix = check_features(values.to_numpy(np.float64), path, ids, rows=np.arange(1, len(ids) + 1))
     return name, path, ids, matrix, f"column '{id_col}'"
 
 
@@ -180,19 +180,22 @@ def convert(args) -> str:
     check_splits(splits, args.interactions)
     items = set(np.concatenate([splits[s][1] for s in SPLITS]).astype(str))
     features = [load_feature(spec, args.item_column, args.feature_id_column) for spec in args.feature]
+    kept = []  # checked before anything is written
+    for name, path, ids, matrix, keyed in features:
+        dup = pd.Index(ids).duplicated()
+        if dup.any():
+            raise ConversionError(f"--feature {name}: duplicate item id '{ids[int(np.flatnonzero(dup)[0])]}'")
+        keep = np.isin(ids, list(items))
+        if not keep.any():  # 0% coverage: the loader would "fill" every item from nothing
+            raise ConversionError(
+                f"--feature {name}={path}: 0% coverage: none of its {len(ids)} rows (keyed by {keyed}; e.g. "
+                f"{', '.join(ids[:3])}) is an item of {args.interactions} (e.g. {', '.join(sorted(items)[:3])})")
+        kept.append((name, ids, matrix, keep))
     out_dir = os.path.join(os.path.abspath(args.output_root), args.name)
     modalities = {}
     with staged_output_dir(out_dir, force=args.force) as stage:
         write_split_files(stage, args.name, splits)
-        for name, path, ids, matrix, keyed in features:
-            dup = pd.Index(ids).duplicated()
-            if dup.any():
-                raise ConversionError(f"--feature {name}: duplicate item id '{ids[int(np.flatnonzero(dup)[0])]}'")
-            keep = np.isin(ids, list(items))
-            if not keep.any():  # 0% coverage: the loader would "fill" every item from nothing
-                raise ConversionError(
-                    f"--feature {name}={path}: 0% coverage: none of its {len(ids)} rows (keyed by {keyed}; e.g. "
-                    f"{', '.join(ids[:3])}) is an item of {args.interactions} (e.g. {', '.join(sorted(items)[:3])})")
+        for name, ids, matrix, keep in kept:
             atomic_save_npy(os.path.join(stage, f"{name}_feat.npy"), matrix[keep])
             write_ids(os.path.join(stage, f"{name}_feat.ids"), ids[keep])
             modalities[name] = f"{name}_feat.npy"

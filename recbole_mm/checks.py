@@ -43,7 +43,8 @@ def _topk(config) -> list:
 
 
 def check_config(config) -> None:
-    """Refuse config values that are wrong whatever the data: sizes, ``knn_k``, ``topk``, policies."""
+    """Refuse config values that are wrong whatever the data: sizes, ``knn_k``, policies, an empty
+    ``use_modalities`` (RecBole's own Config already refuses a non-positive ``topk``)."""
     from recbole_mm.data.features import MISSING_POLICIES
     from recbole_mm.data.utils import TEST_MASKS
 
@@ -52,8 +53,6 @@ def check_config(config) -> None:
             positive_int(f"config key '{key}'", config[key], MAX_EMBEDDING_SIZE)
     if config["knn_k"] is not None:
         positive_int("config key 'knn_k'", config["knn_k"])
-    for k in _topk(config):
-        positive_int("config key 'topk' (every value)", k)
     for key, allowed in (("missing_modality", MISSING_POLICIES), ("test_mask", TEST_MASKS)):
         if config[key] is not None and config[key] not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {list(allowed)}, got {config[key]!r}")

@@ -104,8 +104,11 @@ def feature_sets(item_features: dict, selected=None, added=()) -> dict:
 
 def run(dataset_name: str, data_path: str, features=None, k: int = 10, overrides=None, extra=None,
         split: str = "test") -> str:
+    from recbole_mm.checks import check_splits, positive_int
+
     if split not in ("test", "valid"):
         raise ValueError(f"split must be 'test' or 'valid', not {split!r}")
+    positive_int("--k (item-CF neighbours)", k)
     from recbole_mm.config import Config
     from recbole_mm.data import create_dataset
 
@@ -117,7 +120,12 @@ def run(dataset_name: str, data_path: str, features=None, k: int = 10, overrides
 
         for spec in parse_modalities(extra, dataset.dataset_path):
             dataset.load_modality(spec)
-    train, valid, test = dataset.build()
+    if not dataset.item_features:
+        raise ValueError(f"dataset '{dataset_name}' ({dataset.dataset_path}) has no item modalities to score: "
+                         "list them under `modalities:` in its yaml, or pass --add NAME=FILE")
+    built = dataset.build()
+    check_splits(dataset, built)  # an empty split would divide by zero users
+    train, valid, test = built
     n_users, n_items = dataset.user_num, dataset.item_num
     train_R = _user_matrix(train, n_users, n_items)
     exclude_R = train_R
@@ -168,4 +176,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from recbole_mm.cli import run_main
+
+    raise SystemExit(run_main(main))

@@ -54,35 +54,47 @@ def result_table(tuner, metric_keys=("recall@20", "ndcg@20")) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    args, _ = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
-    files = args.config_files.strip().split(" ") if args.config_files else None
-    args.model = canonical_model_name(args.model)
-    fixed = {"model": args.model, "dataset": args.dataset}
+def main(argv=None) -> int:
+    """``run_hyper.py``: exit status 0, or 2 after one line ``error: ...`` on stderr for bad input."""
+    import logging
 
-    def objective(config_dict, config_file_list):
-        return objective_function({**fixed, **(config_dict or {})}, config_file_list)
+    from recbole_mm.cli import run_main
 
-    tuner = hyper_tuning_class()(
-        objective, algo=args.algo, early_stop=args.early_stop, max_evals=args.max_evals,
-        params_file=args.params_file, fixed_config_file_list=files,
-    )
-    tuner.run()
-    table = result_table(tuner)
-    best = {k: (v.item() if hasattr(v, "item") else v) for k, v in (tuner.best_params or {}).items()}
-    best_result = tuner.params2result[tuner.params2str(tuner.best_params)]
-    report = (
-        f"# Hyper-parameter search: {args.model} on {args.dataset}\n\n"
-        f"Selected on the validation set ({args.algo}, {len(tuner.params2result)} trials).\n\n"
-        f"Best params: `{json.dumps(best)}`\n\n{table}"
-    )
-    atomic_write_text(args.output_file, report)
-    print(table)
-    print("BEST_PARAMS " + json.dumps(best))
-    print("BEST_VALID " + json.dumps({k: float(v) for k, v in best_result["best_valid_result"].items()}))
-    print("BEST_TEST " + json.dumps({k: float(v) for k, v in best_result["test_result"].items()}))
-    return tuner
+    # hyperopt logs a failing trial's exception ("job exception: ...") before re-raising it; the
+    # re-raised error is reported once, by run_main (with its traceback if it is a bug)
+    logging.getLogger("hyperopt.fmin").setLevel(logging.CRITICAL)
+
+    def search(argv):
+        args, _ = build_parser().parse_known_args(argv)
+        files = args.config_files.strip().split(" ") if args.config_files else None
+        args.model = canonical_model_name(args.model)
+        fixed = {"model": args.model, "dataset": args.dataset}
+
+        def objective(config_dict, config_file_list):
+            return objective_function({**fixed, **(config_dict or {})}, config_file_list)
+
+        tuner = hyper_tuning_class()(
+            objective, algo=args.algo, early_stop=args.early_stop, max_evals=args.max_evals,
+            params_file=args.params_file, fixed_config_file_list=files,
+        )
+        tuner.run()
+        table = result_table(tuner)
+        best = {k: (v.item() if hasattr(v, "item") else v) for k, v in (tuner.best_params or {}).items()}
+        best_result = tuner.params2result[tuner.params2str(tuner.best_params)]
+        report = (
+            f"# Hyper-parameter search: {args.model} on {args.dataset}\n\n"
+            f"Selected on the validation set ({args.algo}, {len(tuner.params2result)} trials).\n\n"
+            f"Best params: `{json.dumps(best)}`\n\n{table}"
+        )
+        atomic_write_text(args.output_file, report)
+        print(table)
+        print("BEST_PARAMS " + json.dumps(best))
+        print("BEST_VALID " + json.dumps({k: float(v) for k, v in best_result["best_valid_result"].items()}))
+        print("BEST_TEST " + json.dumps({k: float(v) for k, v in best_result["test_result"].items()}))
+        return tuner
+
+    return run_main(search, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

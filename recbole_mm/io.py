@@ -58,8 +58,9 @@ def write_ids(path: str, tokens) -> None:
     atomic_write_text(path, "".join(f"{t}\n" for t in tokens))
 
 
-def _output_root(parent: str) -> None:
-    """Create the output root ``parent``; a file in the way, or no write permission, is one clear error."""
+def _output_root(parent: str) -> bool:
+    """Create the output root ``parent`` (True if it was made); a file in the way, or no write
+    permission, is one clear error."""
     existing = parent
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -71,6 +72,7 @@ def _output_root(parent: str) -> None:
         raise PermissionError(f"output root {parent}: cannot create it ({exc.strerror})") from exc
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"output root {parent} is not writable")
+    return existing != parent
 
 
 @contextmanager
@@ -135,21 +137,29 @@ def staged_output_dir(final_dir: str, force: bool = False):
             raise FileExistsError(f"output {final_dir} already exists; pass --force to overwrite it")
 
     refuse_existing()
-    _output_root(parent)
-    with _exclusive_lock(final_dir + ".lock", final_dir):
-        refuse_existing()  # again, under the lock: a writer that just finished may have published it
-        stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(final_dir)}.tmp-")
-        try:
-            yield stage
-            refuse_existing()  # compare at publish: appeared during our run (not by a locking writer)
-            if os.path.exists(final_dir):
-                backup = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(final_dir)}.old-")
-                os.rmdir(backup)
-                os.replace(final_dir, backup)
-                _publish(stage, final_dir, directory=True)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                _publish(stage, final_dir, directory=True)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
+    created = _output_root(parent)
+    try:
+        with _exclusive_lock(final_dir + ".lock", final_dir):
+            refuse_existing()  # again, under the lock: a writer that just finished may have published it
+            stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(final_dir)}.tmp-")
+            try:
+                yield stage
+                refuse_existing()  # compare at publish: appeared during our run (not by a locking writer)
+                if os.path.exists(final_dir):
+                    backup = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(final_dir)}.old-")
+                    os.rmdir(backup)
+                    os.replace(final_dir, backup)
+                    _publish(stage, final_dir, directory=True)
+                    shutil.rmtree(backup, ignore_errors=True)
+                else:
+                    _publish(stage, final_dir, directory=True)
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+    except BaseException:
+        if created:  # leave no empty output root behind
+            try:
+                os.rmdir(parent)
+            except OSError:
+                pass
+        raise

@@ -151,7 +151,8 @@ def to_float32(matrix: np.ndarray, label: str, rows=None, row_ids=None) -> np.nd
     if not finite.all():
         k = int(np.flatnonzero(~finite)[0])
         raise FeatureError(f"{label} {where(k)} contains NaN or inf ({int((~finite).sum())} bad rows)")
-    out = matrix.astype(np.float32)
+    with np.errstate(over="ignore"):  # reported below, with the row
+        out = matrix.astype(np.float32)
     overflow = ~np.isfinite(out).all(axis=1)
     if overflow.any():
         k = int(np.flatnonzero(overflow)[0])

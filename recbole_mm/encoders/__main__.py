@@ -256,14 +256,14 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    run = {"text": encode_text_file, "image": encode_image_file, "mllm": encode_mllm_file}[args.encoder]
-    try:
-        run(args)
-    except (EncoderInputError, FileExistsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """Exit status 0, or 2 after one line ``error: ...`` on stderr for bad input (EncoderInputError & co.)."""
+    from recbole_mm.cli import run_main
+
+    def encode(argv):
+        args = build_parser().parse_args(argv)
+        {"text": encode_text_file, "image": encode_image_file, "mllm": encode_mllm_file}[args.encoder](args)
+
+    return run_main(encode, argv)
 
 
 if __name__ == "__main__":

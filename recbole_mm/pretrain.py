@@ -158,7 +158,8 @@ def main(argv=None):
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--output", default=None,
-                        help="default: encoder_file if set, else the keyed file AlignRec's runs look for")
+                        help="file to write (relative: to the dataset folder); default: encoder_file if set, "
+                             "else the keyed file AlignRec's runs look for")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
 

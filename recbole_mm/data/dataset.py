@@ -150,11 +150,6 @@ class MultimodalDataset(Dataset):
                 )
         return built
 
-    # -- helpers for models ----------------------------------------------------------------
-    @property
-    def modality_names(self) -> list:
-        return list(self.item_features)
-
     def __str__(self):
         info = super().__str__()
         if self.item_features:

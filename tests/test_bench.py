@@ -89,3 +89,22 @@ def test_propagation_benchmark_variants_agree():
     graph = propagation.baby_sized_edges(seed=1, users=50, items=30, edges=200)
     rows = propagation.measure("tiny", graph, n_layers=2, dim=8, reps=1)
     assert len(rows) == 4 and rows[0].startswith("| tiny | SparseOperator |") and "1.00x" in rows[0]
+
+
+def test_sparse_data_subsamples_training_only():
+    """benchmarks/sparse_data.py: at most N training rows per user, seeded; valid/test untouched."""
+    import pandas as pd
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import sparse_data
+    finally:
+        sys.path.pop(0)
+    frame = pd.DataFrame({"userID": [0] * 10 + [1] * 3, "itemID": list(range(10)) + [0, 1, 2],
+                          "x_label": [0] * 8 + [1, 2] + [0, 0, 2]})
+    sparse = sparse_data.subsample_training(frame, 3, seed=1)
+    train = sparse[sparse["x_label"] == 0]
+    assert train.groupby("userID").size().to_dict() == {0: 3, 1: 2}
+    assert sparse[sparse["x_label"] != 0].equals(frame[frame["x_label"] != 0])
+    assert sparse.equals(sparse_data.subsample_training(frame, 3, seed=1))  # same seed, same rows
+    assert not train.equals(sparse_data.subsample_training(frame, 3, seed=2).query("x_label == 0"))

@@ -14,6 +14,9 @@ ndcg@10, ndcg@20, train_s_per_epoch, eval_s, peak_rss_mb, wall_s), ``OUT/results
 table plus mean ± std per model when K > 1), ``OUT/curves.png`` (valid Recall@20 per epoch) and
 ``OUT/runs.jsonl`` (full results, curves and each epoch's training seconds, ``train_s_epochs``:
 their median is steadier than the mean when the first epochs warm up), and prints the markdown table.
+``--reference CSV`` (another toolkit's runs on the same data, e.g. MMRec's: model, seed, recall@20,
+ndcg@20) adds a parity table: mean ± std per side, the relative gap and the paired difference over
+the seeds both ran.
 
 Time numbers are only meaningful on an otherwise idle machine: two trainings sharing 2 cores
 each run many times slower.
@@ -48,6 +51,9 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="bench_out")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per run")
+    parser.add_argument("--reference", default=None, metavar="CSV",
+                        help="another toolkit's runs on the same data (columns model, seed, recall@20, ndcg@20): "
+                             "adds mean ± std per side, the relative gap and the paired difference on shared seeds")
     return parse_with_overrides(parser, argv)
 
 
@@ -160,6 +166,47 @@ def markdown(rows, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_reference(path: str) -> list:
+    """Rows ``{model, seed, recall@20, ndcg@20}`` of a reference CSV (e.g. MMRec's runs)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = [c for c in ("model", "seed", "recall@20") if rows and c not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"{path}: expected columns model, seed, recall@20 [, ndcg@20]; "
+                         f"{'missing ' + str(missing) if rows else 'no rows'}")
+    return [{"model": r["model"], "seed": int(r["seed"]), "recall@20": float(r["recall@20"]),
+             "ndcg@20": float(r["ndcg@20"]) if r.get("ndcg@20") not in (None, "") else float("nan")} for r in rows]
+
+
+def reference_table(rows, reference, metric: str = "recall@20") -> str:
+    """Ours against the reference per model (a row ``M:key=value`` is compared with reference ``M``):
+    mean ± std of each side, the relative gap of the means, and the paired difference over the
+    seeds both ran (the same seed numbers)."""
+    import statistics
+
+    def mean_sd(vals):
+        return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+    lines = ["", f"Against the reference (test {metric}):", "",
+             "| model | ours mean ± std (n) | reference mean ± std (n) | relative | paired Δ mean ± std (seeds) |",
+             "|---|---|---|---|---|"]
+    for m in sorted({r["model"] for r in rows}, key=[r["model"] for r in rows].index):
+        ours = {r["seed"]: r[metric] for r in rows if r["model"] == m}
+        ref = {r["seed"]: r[metric] for r in reference if r["model"] == parse_model_spec(m)[0]}
+        if not ref:
+            continue
+        (om, osd), (rm, rsd) = mean_sd(list(ours.values())), mean_sd(list(ref.values()))
+        shared = sorted(set(ours) & set(ref))
+        paired = "–"
+        if shared:
+            dm, dsd = mean_sd([ours[s] - ref[s] for s in shared])
+            paired = f"{dm:+.4f} ± {dsd:.4f} ({', '.join(map(str, shared))})"
+        relative = round(100 * (om - rm) / rm, 1) + 0.0  # + 0.0: no "-0.0%"
+        lines.append(f"| {m} | {om:.4f} ± {osd:.4f} ({len(ours)}) | {rm:.4f} ± {rsd:.4f} ({len(ref)}) | "
+                     f"{relative:+.1f}% | {paired} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows, path: str, title: str) -> bool:
     try:
         import matplotlib
@@ -190,6 +237,7 @@ def main(argv=None):
         print("BENCH_RESULT " + json.dumps(_worker(json.loads(argv[1]))), flush=True)
         return None
     args, overrides = parse_args(argv)
+    reference = read_reference(args.reference) if args.reference else None  # a bad file fails before training
     os.makedirs(args.out, exist_ok=True)
     rows = []
     csv_path, jsonl_path = os.path.join(args.out, "results.csv"), os.path.join(args.out, "runs.jsonl")
@@ -212,7 +260,8 @@ def main(argv=None):
     extra = " ".join(f"--{k}={v}" for k, v in overrides.items())
     title = f"{args.dataset}: test metrics (best valid Recall@20 epoch)"
     command = "python benchmarks/bench.py " + " ".join(argv)
-    table = markdown(rows, title) + f"\nCommand: `{command}`" + (f" (overrides: `{extra}`)" if extra else "") + "\n"
+    table = markdown(rows, title) + (reference_table(rows, reference) if reference else "")
+    table += f"\nCommand: `{command}`" + (f" (overrides: `{extra}`)" if extra else "") + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write(table)
     plot(rows, os.path.join(args.out, "curves.png"), f"{args.dataset}: valid Recall@20")

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -108,3 +110,20 @@ def test_sparse_data_subsamples_training_only():
     assert sparse[sparse["x_label"] != 0].equals(frame[frame["x_label"] != 0])
     assert sparse.equals(sparse_data.subsample_training(frame, 3, seed=1))  # same seed, same rows
     assert not train.equals(sparse_data.subsample_training(frame, 3, seed=2).query("x_label == 0"))
+
+
+def test_reference_table_means_gap_and_paired_difference(tmp_path):
+    bench = _bench_module()
+    ref_csv = tmp_path / "mmrec.csv"
+    ref_csv.write_text("model,seed,recall@20,ndcg@20\nLGMRec,2020,0.0500,0.03\nLGMRec,999,0.0700,0.04\n")
+    reference = bench.read_reference(str(ref_csv))
+    rows = [{"model": "LGMRec", "seed": 2020, "recall@20": 0.0550}, {"model": "LGMRec", "seed": 2021, "recall@20": 0.0650},
+            {"model": "LGMRec:eval_memberships=sampled", "seed": 2020, "recall@20": 0.0450},
+            {"model": "VBPR", "seed": 2020, "recall@20": 0.1}]
+    table = bench.reference_table(rows, reference)
+    assert "| LGMRec | 0.0600 ± 0.0071 (2) | 0.0600 ± 0.0141 (2) | +0.0% | +0.0050 ± 0.0000 (2020) |" in table
+    assert "| LGMRec:eval_memberships=sampled | 0.0450 ± 0.0000 (1) | 0.0600 ± 0.0141 (2) | -25.0% | -0.0050" in table
+    assert "VBPR" not in table  # no reference runs: no row
+    (tmp_path / "bad.csv").write_text("name,score\nx,1\n")
+    with pytest.raises(ValueError, match="expected columns model, seed, recall@20"):
+        bench.read_reference(str(tmp_path / "bad.csv"))

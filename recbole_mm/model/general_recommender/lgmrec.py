@@ -39,6 +39,10 @@ class LGMRec(MultimodalRecommender):
         self.alpha = config["alpha"]  # weight of the global embeddings
         self.cl_weight, self.reg_weight = config["cl_weight"], config["reg_weight"]
         self.tau = config["hyper_temperature"]
+        self.eval_memberships, self.eval_samples = config["eval_memberships"], config["eval_samples"]
+        if self.eval_memberships not in ("sampled", "soft"):
+            raise ValueError(f"config key 'eval_memberships' must be sampled or soft, got {self.eval_memberships!r}")
+        self.eval_seed = config["seed"]
 
         self.init_id_embeddings(d)
         dims = self.modality_dims()
@@ -53,31 +57,48 @@ class LGMRec(MultimodalRecommender):
         self.R = self.interaction_matrix(normalization="none")
         self.R_mean = self.interaction_matrix(normalization="rw")
 
-    def _memberships(self, logits):
+    def _memberships(self, logits, generator=None):
+        """Soft hyperedge memberships: a Gumbel-softmax sample while training (Eq. 7), at inference a
+        sample from ``generator`` (``eval_memberships: sampled``) or the noise-free
+        ``softmax(logits / tau)`` (``soft``)."""
         if self.training:
             return F.gumbel_softmax(logits, tau=self.tau, dim=1, hard=False)
-        return torch.softmax(logits / self.tau, dim=1)  # noise-free at inference: deterministic scores
+        if generator is None:
+            return torch.softmax(logits / self.tau, dim=1)
+        gumbels = -torch.empty_like(logits).exponential_(generator=generator).log()
+        return torch.softmax((logits + gumbels) / self.tau, dim=1)
 
-    def forward(self):
-        cge = lightgcn_propagate(self.adj, self.id_embeddings(), self.n_ui_layers)
-        cge_items = cge[self.n_users:]
-        local, hyper = cge, {}
+    def _hypergraph(self, cge_items, generator=None) -> dict:
+        """``{modality: (users, items)}`` hypergraph embeddings (Eq. 6-9) of one membership draw."""
+        hyper = {}
         for m in self.modalities:
-            feat = self.modality_feature(m)
-            item_feats = feat @ self.feat_proj[m]
-            mge = propagate(self.adj, torch.cat([self.R_mean @ item_feats, item_feats]),
-                            self.n_mm_layers)
-            local = local + F.normalize(mge, dim=1)
-            i_logits = feat @ self.hyperedges[m]
-            i_member = self._memberships(i_logits)
-            u_member = self._memberships(self.R @ i_logits)
+            i_logits = self.modality_feature(m) @ self.hyperedges[m]
+            i_member = self._memberships(i_logits, generator)
+            u_member = self._memberships(self.R @ i_logits, generator)
             i_member, u_member = self.edge_dropout(i_member), self.edge_dropout(u_member)
             i_ret = cge_items
             for _ in range(self.n_hyper_layer):
                 edges = i_member.T @ i_ret
                 i_ret, u_ret = i_member @ edges, u_member @ edges
             hyper[m] = (u_ret, i_ret)
-        glob = sum(torch.cat(h) for h in hyper.values())
+        return hyper
+
+    def forward(self, generator=None, samples: int = 1):
+        """``(final, hyper)``; at inference with ``generator`` the global part averages ``samples``
+        membership draws (one draw while training)."""
+        cge = lightgcn_propagate(self.adj, self.id_embeddings(), self.n_ui_layers)
+        local = cge
+        for m in self.modalities:
+            item_feats = self.modality_feature(m) @ self.feat_proj[m]
+            mge = propagate(self.adj, torch.cat([self.R_mean @ item_feats, item_feats]), self.n_mm_layers)
+            local = local + F.normalize(mge, dim=1)
+        glob = None
+        for _ in range(samples):
+            hyper = self._hypergraph(cge[self.n_users:], generator)
+            draw = sum(torch.cat(h) for h in hyper.values())
+            glob = draw if glob is None else glob + draw
+        if samples > 1:
+            glob = glob / samples
         return local + self.alpha * F.normalize(glob, dim=1), hyper
 
     def _contrast(self, a, b, all_b):
@@ -99,4 +120,8 @@ class LGMRec(MultimodalRecommender):
         return loss + self.cl_weight * cl + self.reg_weight * self.reg_loss(u, p, n)
 
     def inference_embeddings(self):
-        return split_users_items(self.forward()[0], self.n_users)
+        if self.eval_memberships == "soft":
+            return split_users_items(self.forward()[0], self.n_users)
+        # scores from memberships distributed as in training, drawn from a fixed seed (reproducible)
+        generator = torch.Generator(device=self.device).manual_seed(self.eval_seed)
+        return split_users_items(self.forward(generator, self.eval_samples)[0], self.n_users)

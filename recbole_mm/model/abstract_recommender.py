@@ -52,10 +52,16 @@ class FeatureRequest:
 class MultimodalRecommender(GeneralRecommender):
     """Base class of recbole_mm's models (a RecBole ``GeneralRecommender``)."""
 
+    #: ``False`` for the collaborative baselines MMRec ships beside the multimodal models (LayerGCN,
+    #: SelfCF): they use no item feature, so they also run on ID-only data.
+    uses_modalities = True
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         features = getattr(dataset, "item_features", {}) or {}
-        if not features:
+        if not self.uses_modalities:
+            features = {}  # kept out of the model: no buffers, no graphs built from them
+        elif not features:
             raise ValueError(
                 f"{type(self).__name__} needs item modalities, but dataset '{config['dataset']}' has none: "
                 "add `modalities: {name: file.npy}` to its yaml (see README, 'Data preparation')"

@@ -127,3 +127,30 @@ def test_reference_table_means_gap_and_paired_difference(tmp_path):
     (tmp_path / "bad.csv").write_text("name,score\nx,1\n")
     with pytest.raises(ValueError, match="expected columns model, seed, recall@20"):
         bench.read_reference(str(tmp_path / "bad.csv"))
+
+
+def test_peer_epochs_alternates_and_tables(tiny_dataset, tmp_path):
+    """peer_epochs.py against a stand-in peer whose epochs take a known time (no MMRec needed)."""
+    data_path, name = tiny_dataset
+    src = tmp_path / "peer_src"
+    (src / "common").mkdir(parents=True)
+    (src / "utils").mkdir()
+    (src / "common" / "trainer.py").write_text(
+        "import time\nclass Trainer:\n    def _train_epoch(self):\n        time.sleep(0.05)\n")
+    (src / "utils" / "quick_start.py").write_text(
+        "import common.trainer as tr\n"
+        "def quick_start(model, dataset, config_dict, save_model):\n"
+        "    assert config_dict['reg'] == [0.5] and config_dict['seed'] == [2020]\n"
+        "    t = tr.Trainer()\n"
+        "    for _ in range(config_dict['epochs']):\n        t._train_epoch()\n")
+    out = tmp_path / "pe"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "peer_epochs.py"), "--dataset", name, "--data_path", data_path,
+           "--mmrec_src", str(src), "--mmrec_dataset", name, "--pairs", "BPR=PeerBPR", "--epochs", "2",
+           "--rounds", "2", "--threads", "1", "--out", str(out), "--mmrec_overrides", '{"PeerBPR": {"reg": [0.5]}}',
+           "--embedding_size=8", "--train_batch_size=64"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((out / "peer_epochs.json").read_text())["BPR"]
+    assert len(runs["ours"]) == len(runs["mmrec"]) == 2 and all(0.045 < t < 1.0 for t in runs["mmrec"])
+    assert runs["ratio"] == pytest.approx([o / p for o, p in zip(runs["ours"], runs["mmrec"])])
+    assert "| BPR | PeerBPR |" in (out / "peer_epochs.md").read_text()

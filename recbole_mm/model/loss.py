@@ -184,3 +184,31 @@ def similarity_preserving_loss(h: torch.Tensor, reference: torch.Tensor, counts:
         ref = gram_sq(rn, rn)
     sq = gram_sq(hn, hn) + ref - 2 * gram_sq(hn, rn)
     return sq.clamp_min(1e-12).sqrt().to(h.dtype) / size
+
+
+def info_nce_dot(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """In-batch InfoNCE on raw inner products: ``-mean_i log softmax_j(<a_i, b_j> / t)[i]``.
+
+    :func:`info_nce` without the L2 normalisation: the logits are unbounded, so each row is shifted
+    by its own max. The form of SLMRec's fine-and-coarse modality contrast (its projected views
+    are compared by dot product). Same value and gradient as ``cross_entropy(a @ b.T / t, arange(B))``.
+    """
+    return _InfoNCELogits.apply(a / temperature, b, None, None)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, max_logvar: float | None = None) -> torch.Tensor:
+    """``KL(N(mu, diag(exp(logvar))) || N(0, I))`` averaged over rows (Kingma & Welling 2014, App. B):
+    ``-1/2 mean_rows sum_dims (1 + logvar - mu^2 - exp(logvar))``; ``logvar`` clamped above at
+    ``max_logvar`` first when given (MVGAE clamps at 10)."""
+    if max_logvar is not None:
+        logvar = logvar.clamp(max=max_logvar)
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1).mean()
+
+
+def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, eps: float = 1e-8):
+    """Product of independent Gaussian experts stacked on dim 0 (Hinton 2002; Wu & Goodman 2018, Eq. 3):
+    precisions add, ``T = sum_m 1 / (sigma_m^2 + eps)``, and the mean is precision-weighted,
+    ``mu = sum_m T_m mu_m / T``. Returns ``(mu, log(1 / T))``."""
+    precision = 1.0 / (logvar.exp() + eps)
+    total = precision.sum(0)
+    return (mu * precision).sum(0) / total, -total.log()

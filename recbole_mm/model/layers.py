@@ -250,3 +250,134 @@ class SampledAttention(nn.Module):
         K = self.k(G)
         attn = torch.softmax(torch.bmm(self.q(G[:, :1]), K.transpose(1, 2)) * self.scale, dim=-1)  # user row
         return users + self.alpha * torch.bmm(attn, K).squeeze(1)
+
+
+class _PatternSpMM(torch.autograd.Function):
+    """``S @ x`` for ``S`` on an :class:`EdgeGraph` pattern with per-step weights ``values``.
+
+    Forward wraps the (target-sorted) weights in CSR as they are -- no sort, no coalesce; the ``x``
+    gradient uses ``S^T`` from the stored transpose permutation; the weight gradient is
+    ``dL/ds_ts = <dL/dy_t, x_s>``, one gather-dot over the edges.
+    """
+
+    @staticmethod
+    def forward(ctx, graph, values, x):
+        ctx.graph = graph
+        ctx.save_for_backward(values, x)
+        return graph.csr(values.detach()) @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, x = ctx.saved_tensors
+        g = ctx.graph
+        grad = grad.contiguous()
+        grad_values = grad_x = None
+        if ctx.needs_input_grad[1]:
+            grad_values = (grad[g.rows] * x[g.cols]).sum(1)
+        if ctx.needs_input_grad[2]:
+            grad_x = g.csr(values.detach(), transpose=True) @ grad
+        return None, grad_values, grad_x
+
+
+class EdgeGraph(nn.Module):
+    """A fixed set of directed edges ``target <- source`` on ``n`` nodes whose weights are recomputed
+    every step (GRCN's refined user-item graph): edge-wise scores, a softmax over each target's
+    edges and propagation, all differentiable w.r.t. the weights and never an ``n x n`` matrix.
+
+    Edges are stored once in target-major order (``rows`` = targets, ``cols`` = sources; duplicates
+    dropped) with CSR row pointers and the permutation to the transpose's order, so a product only
+    wraps the weights in CSR. Index tensors are non-persistent buffers: they follow ``.to()`` and
+    stay out of checkpoints.
+    """
+
+    def __init__(self, rows, cols, n: int):
+        super().__init__()
+        rows, cols = torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
+        keys = torch.unique(rows * n + cols)  # sorted: target-major, then source
+        rows, cols = keys // n, keys % n
+        self.n = n
+        perm = torch.argsort(cols * n + rows)  # edge order of S^T (source-major)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        self.register_buffer("crow", self._pointers(rows, n), persistent=False)
+        self.register_buffer("perm_t", perm, persistent=False)
+        self.register_buffer("cols_t", rows[perm], persistent=False)
+        self.register_buffer("crow_t", self._pointers(cols, n), persistent=False)
+
+    @staticmethod
+    def _pointers(ids: torch.Tensor, n: int) -> torch.Tensor:
+        counts = torch.bincount(ids, minlength=n)
+        return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+    @property
+    def n_edges(self) -> int:
+        return self.rows.numel()
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, edges={self.n_edges}"
+
+    def csr(self, values: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """``S`` (or ``S^T``) as a CSR tensor with edge weights ``values`` (in edge order)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if transpose:
+                return torch.sparse_csr_tensor(self.crow_t, self.cols_t, values[self.perm_t], (self.n, self.n),
+                                               check_invariants=False)
+            return torch.sparse_csr_tensor(self.crow, self.cols, values, (self.n, self.n), check_invariants=False)
+
+    def edge_dot(self, x: torch.Tensor, y: torch.Tensor = None) -> torch.Tensor:
+        """``<x_target, y_source>`` for every edge (``y`` defaults to ``x``)."""
+        return (x[self.rows] * (x if y is None else y)[self.cols]).sum(1)
+
+    def softmax(self, scores: torch.Tensor) -> torch.Tensor:
+        """Softmax of edge scores over each target's edges (GAT-style attention), with segment
+        reductions over the sorted rows (deterministic on every device). Equals
+        ``torch_geometric.utils.softmax(scores, rows)``."""
+        lengths = self.crow.diff()
+        shift = torch.segment_reduce(scores.detach(), "max", lengths=lengths, unsafe=True)
+        e = (scores - shift[self.rows]).exp()
+        return e / torch.segment_reduce(e, "sum", lengths=lengths, unsafe=True)[self.rows]
+
+    def forward(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``S x`` with ``S[t, s] = values[e]`` for edge ``e = (t, s)``: ``(S x)_t = sum_s s_ts x_s``."""
+        return _PatternSpMM.apply(self, values, x)
+
+    @classmethod
+    def bipartite(cls, users, items, n_users: int, n_items: int) -> "EdgeGraph":
+        """Both directions of the user-item edges on ``n_users + n_items`` nodes (items offset by
+        ``n_users``): the user rows come first, then the item rows."""
+        users, items = torch.as_tensor(users, dtype=torch.long), torch.as_tensor(items, dtype=torch.long) + n_users
+        return cls(torch.cat([users, items]), torch.cat([items, users]), n_users + n_items)
+
+
+class AggregateCombine(nn.Module):
+    """One MMGCN layer (Wei et al., ACM MM 2019) of one modality on a fixed graph ``A``.
+
+    * aggregation (Eq. 1-2): ``h = leaky_relu(A x W_1)``; with ``A = D^{-1} A`` (row-normalised)
+      this is the mean over a node's neighbours, with the binary ``A`` their sum;
+    * combination (Eq. 4-7): ``x_hat = leaky_relu(W_2 x) + e_id`` (Eq. 5) and either
+      ``leaky_relu(W_3 [h; x_hat])`` (concatenation, Eq. 6) or ``leaky_relu(W_3 h + x_hat)``
+      (element-wise, Eq. 7).
+
+    ``W_1`` maps ``in_dim -> in_dim``, ``W_2`` and ``W_3`` map to ``out_dim`` (the ID size). Init as
+    the official code / MMRec: Xavier-normal ``W_1``, ``W_2`` (and ``W_3`` when ``xavier_combine``,
+    which they do for the first layer only; later layers keep ``nn.Linear``'s default).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, concat: bool = True, xavier_combine: bool = True):
+        super().__init__()
+        self.concat = concat
+        self.conv = nn.Parameter(nn.init.xavier_normal_(torch.empty(in_dim, in_dim)))
+        self.self_proj = nn.Linear(in_dim, out_dim)
+        nn.init.xavier_normal_(self.self_proj.weight)
+        self.combine = nn.Linear(in_dim + out_dim if concat else in_dim, out_dim)
+        if xavier_combine:
+            nn.init.xavier_normal_(self.combine.weight)
+
+    def forward(self, graph, x: torch.Tensor, id_emb: torch.Tensor) -> torch.Tensor:
+        act = nn.functional.leaky_relu
+        h = act(spmm(graph, x @ self.conv))
+        x_hat = act(self.self_proj(x)) + id_emb
+        if self.concat:
+            return act(self.combine(torch.cat([h, x_hat], dim=1)))
+        return act(self.combine(h) + x_hat)

@@ -1,5 +1,5 @@
 """Graph building blocks: user-item Laplacian, degree-sensitive pruning, item-item KNN and
-co-interaction graphs, all sparse and vectorised, with an on-disk cache.
+co-interaction graphs, user-user co-occurrence graphs, all sparse and vectorised, with an on-disk cache.
 
 Conventions: graphs are ``torch.sparse_coo_tensor`` (coalesced, float32); a user-item edge list is
 two LongTensors ``(users, items)`` of internal ids (RecBole's, padding id 0 included in the
@@ -226,7 +226,7 @@ def _topk_per_row(matrix: sp.csr_matrix, k: int):
     matrix = matrix.tocsr()
     counts = np.diff(matrix.indptr)
     rows = np.repeat(np.arange(matrix.shape[0]), counts)
-    order = np.lexsort((-matrix.data, rows))
+    order = np.lexsort((matrix.indices, -matrix.data, rows))  # ties: the smaller column first
     rank = np.arange(len(order)) - np.repeat(matrix.indptr[:-1], counts)
     keep = order[rank < k]
     return rows[keep], matrix.indices[keep], matrix.data[keep]
@@ -261,6 +261,115 @@ def co_interaction_graph(users, items, n_users, n_items, k: int, normalization: 
     rows, cols = torch.from_numpy(rows).long(), torch.from_numpy(cols).long()
     values = normalize_edges(rows, cols, torch.from_numpy(vals), n_items, mode=normalization)
     return sparse(rows, cols, values, (n_items, n_items))
+
+
+# -- user-user graphs ---------------------------------------------------------------------------
+USER_GRAPH_NORMALIZATIONS = ("none", "softmax", "mean", "sym", "rw")
+
+
+def _row_blocks(cost: np.ndarray, budget: int):
+    """``(start, stop)`` runs of consecutive rows whose summed ``cost`` stays within ``budget``
+    (a row costlier than the budget is a block of its own)."""
+    before = np.cumsum(cost) - cost
+    block = (before // max(budget, 1)).astype(np.int64)
+    cuts = np.concatenate([[0], np.flatnonzero(np.diff(block)) + 1, [len(cost)]])
+    return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def user_cooccurrence_counts(users, items, n_users, n_items, k: int, budget: int = 2**23):
+    """Every user's top-``k`` co-occurring users: ``(rows, cols, counts)``, ``counts[e]`` the number of
+    training items user ``rows[e]`` shares with ``cols[e]`` (``R R^T`` off the diagonal, zeros left out).
+
+    Sorted by row, then count descending, ties broken by the smaller user id. ``R R^T`` is computed
+    sparse in blocks of users whose products (the summed degrees of their items, a bound on a
+    block's entries) stay within ``budget``, so it is never held whole (never dense).
+    """
+    R = binary_interactions(users, items, n_users, n_items)
+    RT = R.T.tocsr()
+    cost = R @ np.diff(RT.indptr).astype(np.float64)  # products per user row of R R^T
+    parts = []
+    for start, stop in _row_blocks(cost, budget):
+        block = (R[start:stop] @ RT).tocoo()
+        off_diag = block.row + start != block.col
+        block = sp.csr_matrix((block.data[off_diag], (block.row[off_diag], block.col[off_diag])), shape=block.shape)
+        r, c, v = _topk_per_row(block, k)
+        parts.append((r + start, c, v))
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, torch.zeros(0)
+    rows, cols, counts = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return torch.from_numpy(rows).long(), torch.from_numpy(cols).long(), torch.from_numpy(counts.astype(np.float32))
+
+
+def row_softmax(rows, values, n_rows: int) -> torch.Tensor:
+    """``exp(v_e) / sum_{e' in row(e)} exp(v_e')`` per row of an edge list (stable: row max subtracted)."""
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    values = torch.as_tensor(values, dtype=torch.float32)
+    row_max = torch.full((n_rows,), -float("inf")).scatter_reduce(0, rows, values, "amax")
+    e = torch.exp(values - row_max[rows])
+    return e / torch.zeros(n_rows).index_add_(0, rows, e)[rows]
+
+
+def normalize_user_graph(graph: torch.Tensor, normalization: str = "softmax") -> torch.Tensor:
+    """A co-occurrence count graph with its edge weights: ``none`` the counts; ``softmax`` a softmax
+    over each user's neighbour counts (DualGNN's ``softmax`` aggregation); ``mean`` ``1/|N(u)|``;
+    ``sym`` / ``rw`` as :func:`normalize_edges` (counts as weights)."""
+    if normalization not in USER_GRAPH_NORMALIZATIONS:
+        raise ValueError(f"user graph normalization must be one of {USER_GRAPH_NORMALIZATIONS}, got {normalization!r}")
+    graph = graph.coalesce()
+    (rows, cols), values, n = graph.indices(), graph.values(), graph.shape[0]
+    if normalization == "softmax":
+        values = row_softmax(rows, values, n)
+    elif normalization == "mean":
+        values = normalize_edges(rows, cols, torch.ones_like(values), n, mode="rw")
+    else:
+        values = normalize_edges(rows, cols, values, n, mode=normalization)
+    return sparse(rows, cols, values, graph.shape)
+
+
+def user_cooccurrence_graph(users, items, n_users, n_items, k: int, normalization: str = "none",
+                            budget: int = 2**23) -> torch.Tensor:
+    """User-user co-occurrence graph (DualGNN Sec. III-C; DRAGON's user-user graph): each user's
+    top-``k`` users by number of co-interacted training items (:func:`user_cooccurrence_counts`),
+    ``(n_users, n_users)``, weights per :func:`normalize_user_graph`. Not symmetric (top-k per row).
+    """
+    rows, cols, counts = user_cooccurrence_counts(users, items, n_users, n_items, k, budget=budget)
+    graph = sparse(rows, cols, counts, (n_users, n_users))
+    return graph if normalization == "none" else normalize_user_graph(graph, normalization)
+
+
+def padded_user_graph(graph: torch.Tensor, k: int, aggregation: str = "softmax", generator=None) -> torch.Tensor:
+    """The per-epoch user graph of the official DualGNN / DRAGON code (their ``topk_sample``).
+
+    ``graph``: top-``k`` co-occurrence counts (:func:`user_cooccurrence_graph`, ``none``). A user with
+    ``0 < n < k`` neighbours gets its list padded to ``k`` entries: entry ``j >= n`` repeats one of the
+    ``j`` entries before it, drawn uniformly (a Pólya urn: repeated neighbours are likelier to repeat
+    again). The ``k`` entries then get ``softmax`` weights over their counts, or ``mean`` ``1/k`` each;
+    a repeated neighbour's weights add up. Users without neighbours keep an empty row. Vectorised
+    over users (one draw per padding position).
+    """
+    if aggregation not in ("softmax", "mean"):
+        raise ValueError(f"user graph aggregation must be softmax or mean, got {aggregation!r}")
+    graph = graph.coalesce()
+    (rows, cols), counts, n = graph.indices(), graph.values(), graph.shape[0]
+    degree = torch.bincount(rows, minlength=n)
+    if len(rows) and int(degree.max()) > k:
+        raise ValueError(f"padded_user_graph: the graph has more than k={k} neighbours per user")
+    users = torch.nonzero(degree).squeeze(1)
+    deg = degree[users]
+    offset = (torch.cumsum(degree, 0) - degree)[users]
+    position = torch.arange(k)
+    slots = torch.where(position < deg.unsqueeze(1), offset.unsqueeze(1) + position, 0)
+    for j in range(1, k):
+        pad = deg <= j
+        if pad.any():
+            draw = torch.randint(0, j, (int(pad.sum()),), generator=generator)
+            slots[pad, j] = slots[pad].gather(1, draw.unsqueeze(1)).squeeze(1)
+    if aggregation == "softmax":
+        weights = torch.softmax(counts[slots], dim=1)
+    else:
+        weights = torch.full(slots.shape, 1.0 / k)
+    return sparse(users.repeat_interleave(k), cols[slots].reshape(-1), weights.reshape(-1), (n, n))
 
 
 # -- cache --------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ A model is one subclass in ``recbole_mm/model/general_recommender/`` (found by t
   can be hundreds of MB and are reloaded from the dataset anyway);
 * graph operators (:class:`~recbole_mm.model.layers.SparseOperator` modules, which follow
   ``.to()`` too): the user-item adjacency, the interaction matrix, cached item-item KNN graphs,
-  their modality mix, degree-sensitive pruning, co-interaction graphs;
+  their modality mix, degree-sensitive pruning, co-interaction graphs, user-user co-occurrence
+  graphs (built from the training split, cached; no ``user_graph_dict.npy`` to prepare);
 * scoring from :meth:`inference_embeddings` with an evaluation cache;
 * declared hooks with no-op defaults, which the pipeline and the trainer call on every model:
   :meth:`required_features` (derived features the pipeline must produce first, e.g. AlignRec's
@@ -77,6 +78,7 @@ class MultimodalRecommender(GeneralRecommender):
         # same seed gives the same graphs on every device
         self.train_users, self.train_items = graphs.interaction_edges(dataset)
         self._eval_cache = None
+        self._user_counts = {}  # k -> top-k co-occurrence counts (CPU COO), for per-epoch resampling
 
     @property
     def device(self) -> torch.device:
@@ -251,3 +253,24 @@ class MultimodalRecommender(GeneralRecommender):
         return self._operator(graphs.co_interaction_graph(self.train_users.numpy(), self.train_items.numpy(),
                                                           self.n_users, self.n_items, k))
 
+    def _user_counts_coo(self, k: int) -> torch.Tensor:
+        """Top-``k`` user co-occurrence counts of the training split (CPU COO), cached on disk."""
+        if k not in self._user_counts:
+            users, items = self.train_users, self.train_items
+
+            def build():
+                return graphs.user_cooccurrence_graph(users.numpy(), items.numpy(), self.n_users, self.n_items, k)
+
+            key = graphs.graph_cache_key([users, items], k=k, n_users=self.n_users, n_items=self.n_items, v=1)
+            self._user_counts[k] = graphs.cached_graph(self.graph_cache_dir, "usercooc", key, build)
+        return self._user_counts[k]
+
+    def user_graph(self, k: int, normalization: str = "softmax") -> SparseOperator:
+        """Top-``k`` user co-occurrence graph (``R R^T`` of the training split, DualGNN; DRAGON):
+        ``softmax`` over each user's neighbour counts, ``mean``, ``sym``, ``rw`` or ``none`` (counts)."""
+        return self._operator(graphs.normalize_user_graph(self._user_counts_coo(k), normalization))
+
+    def sampled_user_graph(self, k: int, aggregation: str = "softmax") -> SparseOperator:
+        """A fresh draw of the official DualGNN/DRAGON per-epoch user graph: users with fewer than ``k``
+        co-occurring users have their list padded to ``k`` by repeats (:func:`graphs.padded_user_graph`)."""
+        return self._operator(graphs.padded_user_graph(self._user_counts_coo(k), k, aggregation))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from recbole.data.interaction import Interaction
 
 from recbole_mm.data import graphs
 from tests.test_models import _build
@@ -128,7 +129,8 @@ def test_base_class_user_graph_cached(tiny_dataset):
 
 
 def _hand_reps(m):
-    """The single-modal representations written densely: x = normalize([P; MLP(f)]), x + A x + A^2 x with A = D^-1/2 [[0,R],[R^T,0]] D^-1/2."""
+    """The single-modal representations written densely: x = normalize([P; MLP(f)]), x + A x + A^2 x,
+    A = D^-1/2 [[0, R], [R^T, 0]] D^-1/2."""
     n = m.n_users + m.n_items
     A = torch.zeros(n, n)
     A[m.train_users, m.train_items + m.n_users] = 1
@@ -233,3 +235,21 @@ def test_bad_construction(tiny_dataset):
     data_path, name = tiny_dataset
     with pytest.raises(ValueError, match="construction"):
         _build("DualGNN", data_path, name, construction="concat")
+
+
+def test_checkpoint_restores_the_epoch_user_graph(tiny_dataset):
+    """k=40 > any tiny user's neighbours: every row is padded; load_state_dict brings back the draw."""
+    data_path, name = tiny_dataset
+    _, m, _ = _build("DualGNN", data_path, name)
+    m.pre_epoch_processing()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    graph = _dense(m.user_adj)
+    m.eval()
+    users = Interaction({"user_id": torch.arange(1, 11)})
+    scores = m.full_sort_predict(users)
+    m.pre_epoch_processing()
+    assert not torch.equal(_dense(m.user_adj), graph)  # a new padding draw
+    m.load_state_dict(state)
+    m.eval()
+    torch.testing.assert_close(_dense(m.user_adj), graph)
+    torch.testing.assert_close(m.full_sort_predict(users), scores)

@@ -270,7 +270,7 @@ class MultimodalRecommender(GeneralRecommender):
         ``softmax`` over each user's neighbour counts, ``mean``, ``sym``, ``rw`` or ``none`` (counts)."""
         return self._operator(graphs.normalize_user_graph(self._user_counts_coo(k), normalization))
 
-    def sampled_user_graph(self, k: int, aggregation: str = "softmax") -> SparseOperator:
+    def sampled_user_graph(self, k: int, aggregation: str = "softmax", generator=None) -> SparseOperator:
         """A fresh draw of the official DualGNN/DRAGON per-epoch user graph: users with fewer than ``k``
         co-occurring users have their list padded to ``k`` by repeats (:func:`graphs.padded_user_graph`)."""
-        return self._operator(graphs.padded_user_graph(self._user_counts_coo(k), k, aggregation))
+        return self._operator(graphs.padded_user_graph(self._user_counts_coo(k), k, aggregation, generator=generator))

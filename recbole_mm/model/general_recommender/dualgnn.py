@@ -1,32 +1,35 @@
 """DualGNN (Wang, Wei, Yin, Wu, Song & Nie, IEEE Transactions on Multimedia 2021; vol. 25, 2023):
 "DualGNN: Dual Graph Neural Network for Multimedia Recommendation".
 
-* Single-modal representation learning on the user-item graph of each modality: per modality ``m`` a user preference
-  table ``P_m`` and an item MLP ``f_m -> Linear(d_m, 4d) -> LeakyReLU -> Linear(4d, d)`` give
-  ``x_m = normalize([P_m; MLP_m(f_m)])`` (row-wise L2); ``h_m = sum_{l=0..L} Â^l x_m`` (Eq. 1 for l=1) on the
-  symmetric-normalised user-item graph ``Â`` (the official code's ``x + Âx + Â²x``, ``L = n_ui_layers``).
-* Multimodal fusion (the model-fusion options of the paper and official code): items ``i = sum_m h_m[i]``; users per ``construction``:
-  ``weighted_sum`` ``u = sum_m a_um h_m[u]`` with learned per-user modality weights ``a_u``
-  (softmax-initialised, then free, as in the official code), ``mean``, ``weighted_max``
-  ``max_m a_um h_m[u]``, ``cat_mlp`` ``W [a_u1 h_1[u]; ...]``, ``cat`` ``[a_u1 h_1[u]; ...]`` (DRAGON's,
-  items concatenated too).
-* User co-occurrence graph aggregation of the fused user preferences: ``u <- u + sum_{v in N_K(u)} w_uv v`` over each user's
-  ``K = user_knn_k`` users sharing most training items, ``w_u = softmax`` of the co-occurrence counts
+* Single-modal representation learning, on the user-item graph of each modality ``m``: a user
+  preference table ``P_m`` and an item MLP ``Linear(d_m, 4d) -> LeakyReLU -> Linear(4d, d)`` give
+  ``x_m = normalize([P_m; MLP_m(f_m)])`` (row-wise L2), then ``h_m = sum_{l=0..L} Â^l x_m`` with the
+  symmetric-normalised user-item adjacency ``Â`` (the official ``x + Âx + Â²x``: ``L = n_ui_layers = 2``).
+* Multimodal fusion, the paper's / official code's options (``construction``): items
+  ``i = sum_m h_m[i]``; users ``weighted_sum`` ``u = sum_m a_um h_m[u]`` with learned per-user modality
+  weights ``a_u`` (softmax-initialised, then free, as the official code), ``mean``, ``weighted_max``
+  ``max_m a_um h_m[u]``, ``cat_mlp`` ``W [a_u1 h_1[u]; ...; a_uM h_M[u]]``; ``cat`` (DRAGON's) keeps the
+  weighted concatenation and concatenates the items too.
+* User co-occurrence graph aggregation: ``u <- u + sum_{v in N_K(u)} w_uv v`` over the ``K = user_knn_k``
+  users sharing most training items with ``u``; ``w_u = softmax`` of the co-occurrence counts
   (``user_aggr_mode: softmax``) or ``1/K`` (``mean``). Built by us from the training split
-  (:meth:`~recbole_mm.model.abstract_recommender.MultimodalRecommender.sampled_user_graph`); users with
-  fewer than ``K`` neighbours get their list padded by random repeats, redrawn every epoch, as the
-  official code's ``topk_sample`` does (fixed between epochs, so inference is deterministic).
-* Loss (BPR): ``-mean log2 sigmoid(s_pos - s_neg)`` (base-2 log as the official code) +
-  ``reg_weight (sum_m mean(P_m[u]^2) + mean(a^2))`` (``cat_mlp``: ``mean(W^2)`` instead of ``mean(a^2)``).
+  (:meth:`~recbole_mm.model.abstract_recommender.MultimodalRecommender.sampled_user_graph`, no
+  ``user_graph_dict.npy``); a user with fewer than ``K`` neighbours has its list padded by random repeats,
+  redrawn every epoch as the official ``topk_sample`` does (fixed within an epoch: inference is deterministic;
+  the draw's seed is saved with the parameters, so a reloaded checkpoint scores with its epoch's graph).
+* Loss: BPR with a base-2 log as the official code, ``-mean log2 sigmoid(s_pos - s_neg)``, plus
+  ``reg_weight (sum_m mean(P_m[u]^2) + mean(a^2))`` (``cat_mlp``: ``mean(W^2)``; ``mean``/``weighted_max``:
+  no fusion term).
 
-Followed from MMRec (``src/models/dualgnn.py``), where it matters for accuracy: with
-``mmrec_fusion_alias`` (default), ``weighted_sum``/``weighted_max`` see the first modality's user
-representation as the *sum* of all modalities, as MMRec's in-place ``representation += t_rep``
-aliases it (``u = a_u1 sum_m h_m[u] + sum_{m>1} a_um h_m[u]``; the official DualGNN code has no such
-alias: set False). MMRec's modality order is (image, text): list the image-slot modality first.
-Differences: MMRec scores evaluation with the embeddings of the last training batch, we recompute
-them with the final parameters; the official code's item weights ``weight_i`` (used only in a reg
-term, never in a score) are left out; the node-dropping masks it builds are unused there and here.
+Followed from MMRec (``src/models/dualgnn.py``) where it matters for accuracy: with ``mmrec_fusion_alias``
+(default) ``weighted_sum`` / ``weighted_max`` see the first modality's user part as the *sum* of all
+modalities, as MMRec's in-place ``representation += t_rep`` aliases it (``u = a_u1 sum_m h_m[u] +
+sum_{m>1} a_um h_m[u]``); the official DualGNN code has no such alias (False). MMRec's order is (image,
+text) and ours the dataset yaml's ``modalities`` order: the first listed plays MMRec's image slot.
+Differences: MMRec scores evaluation with the embeddings of the last training batch, we recompute them
+with the final parameters; the official item weights ``weight_i``, which enter only a reg term and never a
+score, are left out (MMRec's loss is higher by ``reg_weight * mean(weight_i^2)`` ~ ``reg_weight / M^2`` per
+batch); the node-dropping masks the official code builds are unused there, and not built here.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ from recbole_mm.model.layers import spmm
 from recbole_mm.model.loss import bpr_loss
 
 CONSTRUCTIONS = ("weighted_sum", "mean", "weighted_max", "cat_mlp", "cat")
+
+
+def _redraw_after_load(module, incompatible_keys):
+    module._draw_user_graph()  # the loaded seed's padding draw
 
 
 class DualGNN(MultimodalRecommender):
@@ -69,15 +76,24 @@ class DualGNN(MultimodalRecommender):
         self.user_mlp = nn.Linear(n_mod * d, d) if self.construction == "cat_mlp" else None
 
         self.adj = self.ui_graph()
-        self.user_adj = self.sampled_user_graph(self.user_knn_k, self.user_aggr_mode)
+        # the seed of the current padding draw is a (persistent) buffer: a checkpoint brings back the
+        # graph its epoch was validated with (rebuilt after load_state_dict)
+        self.register_buffer("user_graph_seed", torch.zeros((), dtype=torch.long))
+        self.register_load_state_dict_post_hook(_redraw_after_load)
+        self.pre_epoch_processing()
 
     def pre_epoch_processing(self):
         """Redraw the padding of the user co-occurrence graph (the official per-epoch ``topk_sample``)."""
-        self.user_adj = self.sampled_user_graph(self.user_knn_k, self.user_aggr_mode)
+        self.user_graph_seed.fill_(int(torch.randint(0, 2**62, ())))  # from the global RNG: seeded runs repeat
+        self._draw_user_graph()
+
+    def _draw_user_graph(self):
+        generator = torch.Generator().manual_seed(int(self.user_graph_seed))
+        self.user_adj = self.sampled_user_graph(self.user_knn_k, self.user_aggr_mode, generator=generator)
 
     # -- model blocks ------------------------------------------------------------------------------
     def modality_representations(self) -> list:
-        """``[h_m]``, each ``(n_users + n_items, d)``: Eq. 1-3 on the user-item graph, one per modality."""
+        """``[h_m]``, each ``(n_users + n_items, d)``: single-modal propagation on the user-item graph."""
         reps = []
         for m in self.modalities:
             x = F.normalize(torch.cat([self.preference[m], self.mlp[m](self.modality_feature(m))]), dim=1)

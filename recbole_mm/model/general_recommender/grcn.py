@@ -1,31 +1,34 @@
 """GRCN (Wei, Wang, Nie, He & Chua, ACM MM 2020): "Graph-Refined Convolutional Network for
 Multimedia Recommendation with Implicit Feedback".
 
-* Graph refining layer (Sec. 3.1), per modality m: item content ``f_i = normalize(leaky_relu(W_m
+* Graph refining layer, per modality m: item content ``f_i = normalize(leaky_relu(W_m
   x_i + b_m))`` and user prototypes ``p_u = normalize(P_m[u])``. Prototypical network (routing):
   ``n_routing`` times ``p_u <- normalize(p_u + sum_{i in N(u)} a_ui f_i)``, ``a_ui = softmax_i <p_u, f_i>``.
   Edge affinities: on every directed edge ``t <- s`` of the user-item graph (both directions),
   ``a^m_ts = softmax_{s in N(t)} <x_t, x_s>`` over the target's edges, ``x = [p; f]``.
 * Pruning: the modalities' affinities are integrated per edge, ``w_ts = max_m a^m_ts c^m_s``
   (``weight_mode: confid``, ``c`` a learned per-node confidence of the source; ``max``/``mean``
-  leave it out), and soft-pruned by ``relu`` (``pruning``) -- the refined graph's edge weights.
-* GCN on the refined graph (Sec. 3.2): ID embeddings ``e^0 = normalize(E)``,
+  leave it out); ``pruning: True`` cuts the edges whose weight is negative (``relu``, the official
+  code's "hard" pruning; ``False`` keeps the signed weights, its "soft" one) -- the refined graph.
+* Graph convolution on the refined graph: ID embeddings ``e^0 = normalize(E)``,
   ``e^{l+1}_t = sum_s w_ts e^l_s`` (``n_layers``), ``e = sum_l e^l``; content per modality:
   ``c^m = x + A^m x`` (one attention layer on the affinities). Representation: ``[e; c^1; ...; c^M]``.
-* Loss (Sec. 3.3): BPR on the dot product + ``reg_weight`` x mean squares of the batch's ID rows
+* Prediction and loss: BPR on the dot product + ``reg_weight`` x mean squares of the batch's ID rows
   and of the preference tables (all users and the batch's).
 
 Everything is edge-wise on one :class:`~recbole_mm.model.layers.EdgeGraph` (gathered endpoints,
 segment softmax, CSR products with autograd through the weights): no dense user x item matrix.
 
-MMRec (and the official code) differ from the paper here; followed for accuracy:
+What MMRec (and the official code) do, followed for accuracy:
 
 * their routing loop sends messages users -> items only, so the users' rows receive nothing and
   the prototypes never move: ``n_routing: 0`` reproduces it (the paper routes 3 times);
-* the affinity softmax is taken over the target's edges in each direction and scaled by the
-  *source*'s confidence; the content branch has no activation, features are Xavier-normal
-  projected, ``aggr='add'``.
-* MMRec adds the full-table preference mean square for its image slot only; here every modality.
+* details the paper leaves open: the affinity softmax is over the target's edges in each
+  direction, scaled by the *source*'s confidence; the content branch has no activation; the
+  feature maps are Xavier-normal initialised; neighbours are summed (``aggr='add'``).
+
+One deliberate difference: MMRec adds the full-table preference mean square for its image slot
+only, here for every modality (our modalities have no slots).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ One user-item GCN per modality m, all on the same training graph:
 * prediction (Eq. 8): ``y_ui = u* . i*`` with ``u*``, ``i*`` pooled over the modalities' last layers;
 * loss (Eq. 9): BPR + ``reg_weight`` x mean squares of the batch's ID rows and of the preferences.
 
-What MMRec (our reference for accuracy) does differently from the paper, followed here:
+What MMRec (our reference for accuracy) does, followed here where the paper differs or is silent:
 
 * it passes ``concate='False'`` -- a non-empty string, hence the concatenation combination (Eq. 6);
 * it always stacks 3 layers (its ``n_layers`` is unused): ``n_layers: 3``;

@@ -101,7 +101,7 @@ def test_aggregate_combine_by_hand(concat):
 
 def test_mmgcn_branches_and_fixed_embeddings(tiny_dataset):
     data_path, name = tiny_dataset
-    _, m, train = _build("MMGCN", data_path, name, raw_modalities=["text"], dim_latent=12)
+    _, m, train = _build("MMGCN", data_path, name, raw_modalities=["text"], dim_latent=12, train_embeddings=False)
     assert m.branches["text"].mlp is None and m.branches["image"].mlp.out_features == 12
     assert m.branches["text"].preference.shape == (m.n_users, 8)  # raw text width
     assert m.branches["image"].layers[0].conv.shape == (12, 12) and len(m.branches["image"].layers) == 3

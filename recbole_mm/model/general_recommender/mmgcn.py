@@ -19,8 +19,9 @@ What MMRec (our reference for accuracy) does, followed here where the paper diff
 * it always stacks 3 layers (its ``n_layers`` is unused): ``n_layers: 3``;
 * final representations are *averaged* over modalities (the paper sums them; ``pooling: mean``);
 * its ID embeddings and user preferences are plain tensors, not parameters: they stay at their
-  random Xavier-normal init and the L2 term has no gradient (``train_embeddings: False``; ``True``
-  trains them as the paper intends);
+  random Xavier-normal init and the L2 term has no gradient. Here they train as the paper intends
+  (``train_embeddings: True``, the default: it learns faster and further on lfm2k);
+  ``train_embeddings: False`` reproduces MMRec;
 * its text slot is fed raw (no projection), its image slot through a 256-wide linear map
   (``raw_modalities: [text]``, ``dim_latent: 256``).
 """

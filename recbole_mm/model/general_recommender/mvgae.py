@@ -9,28 +9,32 @@ product of experts, and a sample of the fused Gaussian is decoded into user-item
   item table. Rows L2-normalised.
 * Graph convolution ``conv(x) = dropout(normalize(D^-1 (A + I) x W + b))`` (mean over a node and its
   neighbours, dropout 0.1 in training); a hidden layer is ``x <- lrelu(G lrelu(conv(x)))``
-  (``n_layers`` of them), then the two heads (Sec. III-B)
+  (``n_layers`` of them), then the two heads
   ``mu = G_mu lrelu(conv_mu(x)) + lrelu(L_mu x)``, ``log sigma^2 = G_s lrelu(conv_s(x)) + lrelu(L_s x)``.
-* Product of experts (Sec. III-C): precisions add, ``1/sigma^2 = sum_m 1/sigma_m^2`` and
+* Product of experts: precisions add, ``1/sigma^2 = sum_m 1/sigma_m^2`` and
   ``mu = sigma^2 sum_m mu_m / sigma_m^2`` -- first over the modalities, then with the collaborative
   expert (:func:`~recbole_mm.model.loss.product_of_experts`).
 * Reparameterisation in training only: ``z = mu + 0.1 eps sigma`` (``log sigma^2`` clamped at 10);
   at inference ``z = mu`` (deterministic).
-* Loss (ELBO, Sec. III-D), for the fused Gaussian and for every single expert:
-  ``-sum_b log2 sigmoid(s(u_b, i_b) - max_j s(u_b, j))`` with ``s(u, i) = sigmoid(<z_u, z_i>)`` and
-  ``j`` over the batch's negative items (the hardest in-batch negative), plus
-  ``beta`` x :func:`~recbole_mm.model.loss.gaussian_kl` over all nodes.
+* Loss (the ELBO: reconstruction + KL), for the fused Gaussian and for every single expert:
+  ``-sum_b log2 sigmoid(s(u_b, i_b) - max_j s(u_b, j))`` with ``s(u, i) = <z_u, z_i>`` and ``j`` over
+  the batch's negative items (the hardest in-batch negative), plus ``beta`` x
+  :func:`~recbole_mm.model.loss.gaussian_kl` over all nodes.
 
-Following MMRec's version (the one we compare against) where it differs from the paper/original code:
-``z`` goes through a sigmoid before the decoder and as the final representation (MMRec hard-codes the
-original code's "amazon" branch: ``sigmoid_embeddings``); the two sigmoids of the decoder; the KL
-weight ``beta``; the user table ``p`` and the collaborative item table are fixed random
-(Xavier-normal, not trained: MMRec never registers them as parameters; ``trainable_inputs: True``
-learns them). Deliberate differences: MMRec indexes the decoder's items with unshifted item ids in
-the joint (users, then items) node table, i.e. it scores users against *user* rows ``z[item_id]``;
-here items are the item rows (``mmrec_node_indexing: True`` reproduces MMRec). MMRec scores with the
-fused representation of the last training batch (dropout on); here a fresh eval-mode pass.
-MMRec's unused ``concate=False`` branches (whose linear layers get no gradient) are left out.
+Following MMRec's version (the one we compare against): ``z`` goes through a sigmoid before the
+decoder and as the final representation (MMRec hard-codes the original code's "amazon" branch:
+``sigmoid_embeddings``); the KL weight ``beta``; the user table ``p`` and the collaborative item
+table are fixed random (Xavier-normal, never registered as parameters in MMRec;
+``trainable_inputs: True`` learns them). Two deliberate differences, each behind a flag that
+restores MMRec: (1) MMRec also puts the decoder's scores through a sigmoid, ``s = sigmoid(<z_u, z_i>)``
+(``score_sigmoid: True``); with sigmoid embeddings ``<z_u, z_i>`` is about ``d/4``, both sigmoids
+saturate, the gradient vanishes and neither MMRec nor this code learns (lfm2k: valid Recall@20 ~0.01
+after two epochs, the same loss to 5 digits); the original code's raw scores are the default.
+(2) MMRec looks the decoder's items up with unshifted item ids in the joint (users, then items)
+node table, i.e. scores users against *user* rows ``z[item_id]``; here items are the item rows
+(``mmrec_node_indexing: True`` reproduces MMRec). MMRec also scores with the fused representation of
+the last training batch (dropout on); here a fresh eval-mode pass. MMRec's unused ``concate=False``
+branches (whose linear layers get no gradient) are left out.
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ class MVGAE(MultimodalRecommender):
         self.noise_scale = config["noise_scale"]  # scale of the reparameterisation noise (0.1 officially)
         self.sigmoid_embeddings = config["sigmoid_embeddings"]
         self.mmrec_node_indexing = config["mmrec_node_indexing"]
+        self.score_sigmoid = config["score_sigmoid"]
         trainable, dropout = config["trainable_inputs"], config["conv_dropout"]
 
         collaborative = nn.init.xavier_normal_(torch.empty(self.n_items, dim))
@@ -145,15 +150,16 @@ class MVGAE(MultimodalRecommender):
         return mu + torch.randn_like(mu) * self.noise_scale * std
 
     def reconstruction_loss(self, z, user, pos, neg):
-        """``-sum_b log2 sigmoid(sigmoid(<z_u, z_pos>) - sigmoid(max_j <z_u, z_neg_j>))``."""
+        """``-sum_b log2 sigmoid(s(u, pos) - max_j s(u, neg_j))``; ``s`` = dot product (sigmoid-ed: MMRec)."""
         if self.sigmoid_embeddings:
             z = torch.sigmoid(z)
         users, items = split_users_items(z, self.n_users)
         if self.mmrec_node_indexing:
             items = z
         u = users[user]
-        pos_score = torch.sigmoid((u * items[pos]).sum(1))
-        neg_score = torch.sigmoid((u @ items[neg].T).amax(1))
+        pos_score, neg_score = (u * items[pos]).sum(1), (u @ items[neg].T).amax(1)
+        if self.score_sigmoid:
+            pos_score, neg_score = torch.sigmoid(pos_score), torch.sigmoid(neg_score)
         return -F.logsigmoid(pos_score - neg_score).sum() / math.log(2.0)
 
     def calculate_loss(self, interaction):

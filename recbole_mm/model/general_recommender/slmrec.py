@@ -1,6 +1,6 @@
 """SLMRec (Tao et al., IEEE TMM 2022): "Self-supervised Learning for Multimedia Recommendation".
 
-* Graphs (Sec. III-A): one LightGCN per view on the sym-normalised user-item graph ``Â`` -- the ID view
+* Graphs: one LightGCN per view on the sym-normalised user-item graph ``Â`` -- the ID view
   (user and item ID embeddings) and one per modality ``m``, whose item inputs are the projected,
   L2-normalised features ``W_m f̂_i + b_m`` and whose user inputs are the same user ID embeddings:
   ``E_v = mean(E_v^0, Â E_v^0, ..., Â^L E_v^0)``. All views share ``Â`` and are propagated together
@@ -9,7 +9,7 @@
   separate maps for users and items; score ``<h_u, h_i>``.
 * Main task: in-batch softmax (InfoNCE) of each user against its positive item over the batch's
   items, on cosines at temperature ``temperature`` (:func:`~recbole_mm.model.loss.info_nce`).
-* Self-supervised task (Sec. III-B), ``ssl_task``:
+* Self-supervised task, ``ssl_task``:
 
   - ``FAC`` (fine and coarse modality contrast, the default and MMRec's): the item ID view is carried
     through a chain of spaces ``x_1 = g_1(e_id)``, ``x_k = g_k(x_{k-1})``, and modality ``k``'s item
@@ -23,7 +23,7 @@
 
   for FD/FM the fused user (item) representations of the batch in the two views are contrasted by
   InfoNCE on cosines at ``ssl_temp``, users and items summed.
-* Loss: ``L_main + ssl_alpha L_ssl`` (Eq. 12); L2 via the optimiser's ``weight_decay`` (1e-4, as the
+* Loss: ``L_main + ssl_alpha L_ssl`` (multi-task training); L2 via the optimiser's ``weight_decay`` (1e-4, as the
   official code and MMRec).
 
 MMRec keeps the official three-space FAC chain for two modalities with the audio contrast commented

@@ -23,18 +23,22 @@ product of experts, and a sample of the fused Gaussian is decoded into user-item
 
 Following MMRec's version (the one we compare against): ``z`` goes through a sigmoid before the
 decoder and as the final representation (MMRec hard-codes the original code's "amazon" branch:
-``sigmoid_embeddings``); the KL weight ``beta``; the user table ``p`` and the collaborative item
-table are fixed random (Xavier-normal, never registered as parameters in MMRec;
-``trainable_inputs: True`` learns them). Two deliberate differences, each behind a flag that
-restores MMRec: (1) MMRec also puts the decoder's scores through a sigmoid, ``s = sigmoid(<z_u, z_i>)``
-(``score_sigmoid: True``); with sigmoid embeddings ``<z_u, z_i>`` is about ``d/4``, both sigmoids
-saturate, the gradient vanishes and neither MMRec nor this code learns (lfm2k: valid Recall@20 ~0.01
-after two epochs, the same loss to 5 digits); the original code's raw scores are the default.
-(2) MMRec looks the decoder's items up with unshifted item ids in the joint (users, then items)
-node table, i.e. scores users against *user* rows ``z[item_id]``; here items are the item rows
-(``mmrec_node_indexing: True`` reproduces MMRec). MMRec also scores with the fused representation of
-the last training batch (dropout on); here a fresh eval-mode pass. MMRec's unused ``concate=False``
-branches (whose linear layers get no gradient) are left out.
+``sigmoid_embeddings``); the KL weight ``beta``; the in-batch hardest negative. Deliberate
+differences, each behind a flag that restores MMRec:
+
+* the user tables ``p`` and the collaborative item table (Xavier-normal init) train, as in the
+  paper; MMRec stores them as plain tensors, so they stay at their init (``train_embeddings: False``);
+* MMRec also puts the decoder's scores through a sigmoid, ``s = sigmoid(<z_u, z_i>)``
+  (``score_sigmoid: True``); with sigmoid embeddings ``<z_u, z_i>`` is about ``d/4``, both sigmoids
+  saturate, the gradient vanishes and neither MMRec nor this code learns (lfm2k: valid Recall@20
+  ~0.01 after two epochs, the same loss to 5 digits); the original code's raw scores are the default;
+* MMRec looks the decoder's items up with unshifted item ids in the joint (users, then items) node
+  table, i.e. scores users against *user* rows ``z[item_id]``; here items are the item rows
+  (``mmrec_node_indexing: True`` reproduces MMRec).
+
+MMRec also scores with the fused representation of the last training batch (dropout on); here a
+fresh eval-mode pass. MMRec's unused ``concate=False`` branches (whose linear layers get no
+gradient) are left out.
 """
 
 from __future__ import annotations
@@ -113,13 +117,13 @@ class MVGAE(MultimodalRecommender):
         dim, latent = config["embedding_size"], config["latent_size"]
         self.n_layers = config["n_layers"]
         if self.n_layers < 1:
-            raise ValueError(f"MVGAE needs n_layers >= 1 (the heads take the hidden layer's output), got {self.n_layers}")
+            raise ValueError(f"MVGAE needs n_layers >= 1 (the heads read a hidden layer), got {self.n_layers}")
         self.beta = config["beta"]  # KL weight
         self.noise_scale = config["noise_scale"]  # scale of the reparameterisation noise (0.1 officially)
         self.sigmoid_embeddings = config["sigmoid_embeddings"]
         self.mmrec_node_indexing = config["mmrec_node_indexing"]
         self.score_sigmoid = config["score_sigmoid"]
-        trainable, dropout = config["trainable_inputs"], config["conv_dropout"]
+        trainable, dropout = config["train_embeddings"], config["conv_dropout"]
 
         collaborative = nn.init.xavier_normal_(torch.empty(self.n_items, dim))
         if trainable:

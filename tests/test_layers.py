@@ -228,3 +228,25 @@ def test_projector_difference_is_exact_and_needs_linear():
 def test_first_occurrence():
     ids = torch.tensor([5, 3, 5, 9, 3, 3])
     assert layers.first_occurrence(ids).tolist() == [1, 0, 3]  # values 3, 5, 9 first seen at rows 1, 0, 3
+
+
+def test_sparse_operator_reweighted_matches_a_rebuilt_graph():
+    """Same pattern, new values (dropped entries as stored zeros): product and gradient equal those
+    of a graph rebuilt from the surviving entries (SelfCF's per-batch edge dropout)."""
+    from recbole_mm.model.layers import SparseOperator
+
+    g = torch.Generator().manual_seed(0)
+    dense = (torch.rand(6, 6, generator=g) < 0.5).float() * torch.rand(6, 6, generator=g)
+    dense = dense + dense.T  # symmetric, as a normalised user-item adjacency
+    op = SparseOperator(dense.to_sparse(), symmetric=True)
+    keep = torch.rand(op.csr.values().shape, generator=g) >= 0.4
+    new = op.reweighted(op.csr.values() * keep / 0.6)
+    rows, cols, vals = op.edges()
+    expected = torch.zeros(6, 6)
+    expected[rows[keep], cols[keep]] = vals[keep] / 0.6
+    x = torch.randn(6, 3, generator=g, requires_grad=True)
+    out = new @ x
+    torch.testing.assert_close(out, expected @ x)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, expected.T @ torch.ones(6, 3))
+    assert not new.symmetric and op.csr.values().numel() == new.csr.values().numel()

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
 from recbole_mm.model.layers import SparseOperator, lightgcn_propagate, split_users_items
 from recbole_mm.model.loss import bootstrap_loss, l2_reg
@@ -50,10 +49,10 @@ class SelfCF(MultimodalRecommender):
     def dropped_graph(self) -> SparseOperator:
         """The adjacency with random edge dropout at a rate drawn per call (official encoder)."""
         rate = torch.rand(()).item() * self.graph_dropout
-        rows, cols, values = self.adj.edges()
+        values = self.adj.csr.values()
         keep = torch.rand(values.shape, device=values.device) >= rate
-        coo = graphs.sparse(rows[keep], cols[keep], values[keep] / (1.0 - rate), self.adj.shape)
-        return SparseOperator(coo)  # entries are dropped independently: no longer symmetric
+        # entries are dropped independently (no longer symmetric); dropped ones stay as stored zeros
+        return self.adj.reweighted(values * keep / (1.0 - rate))
 
     def forward(self, adj):
         return split_users_items(lightgcn_propagate(adj, self.id_embeddings(), self.n_layers), self.n_users)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import resource
@@ -191,9 +192,11 @@ def reference_table(rows, reference, metric: str = "recall@20") -> str:
              "| model | ours mean ± std (n) | reference mean ± std (n) | relative | paired Δ mean ± std (seeds) |",
              "|---|---|---|---|---|"]
     for m in sorted({r["model"] for r in rows}, key=[r["model"] for r in rows].index):
-        ours = {r["seed"]: r[metric] for r in rows if r["model"] == m}
-        ref = {r["seed"]: r[metric] for r in reference if r["model"] == parse_model_spec(m)[0]}
-        if not ref:
+        # a reference CSV may leave ndcg@20 blank (read as NaN): those runs count for no metric mean
+        ours = {r["seed"]: r[metric] for r in rows if r["model"] == m and not math.isnan(r[metric])}
+        ref = {r["seed"]: r[metric] for r in reference
+               if r["model"] == parse_model_spec(m)[0] and not math.isnan(r[metric])}
+        if not ref or not ours:
             continue
         (om, osd), (rm, rsd) = mean_sd(list(ours.values())), mean_sd(list(ref.values()))
         shared = sorted(set(ours) & set(ref))

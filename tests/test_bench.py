@@ -124,6 +124,12 @@ def test_reference_table_means_gap_and_paired_difference(tmp_path):
     assert "| LGMRec | 0.0600 ± 0.0071 (2) | 0.0600 ± 0.0141 (2) | +0.0% | +0.0050 ± 0.0000 (2020) |" in table
     assert "| LGMRec:eval_memberships=sampled | 0.0450 ± 0.0000 (1) | 0.0600 ± 0.0141 (2) | -25.0% | -0.0050" in table
     assert "VBPR" not in table  # no reference runs: no row
+    # a blank ndcg@20 in the reference (NaN) leaves that run out of the NDCG means only
+    (tmp_path / "blank.csv").write_text("model,seed,recall@20,ndcg@20\nLGMRec,2020,0.05,\nLGMRec,999,0.07,0.04\n")
+    blank = bench.read_reference(str(tmp_path / "blank.csv"))
+    ndcg_rows = [dict(r, **{"ndcg@20": 0.05}) for r in rows[:2]]
+    assert "| LGMRec | 0.0500 ± 0.0000 (2) | 0.0400 ± 0.0000 (1) | +25.0% | – |" in \
+        bench.reference_table(ndcg_rows, blank, "ndcg@20")
     (tmp_path / "bad.csv").write_text("name,score\nx,1\n")
     with pytest.raises(ValueError, match="expected columns model, seed, recall@20"):
         bench.read_reference(str(tmp_path / "bad.csv"))

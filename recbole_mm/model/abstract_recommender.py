@@ -30,6 +30,7 @@ from torch import nn
 from recbole_mm.cache import graph_cache_dir
 from recbole_mm.data import graphs
 from recbole_mm.model.layers import SparseOperator
+from recbole_mm.model.loss import joint_bpr
 
 
 @dataclass(frozen=True)
@@ -274,3 +275,20 @@ class MultimodalRecommender(GeneralRecommender):
         """A fresh draw of the official DualGNN/DRAGON per-epoch user graph: users with fewer than ``k``
         co-occurring users have their list padded to ``k`` by repeats (:func:`graphs.padded_user_graph`)."""
         return self._operator(graphs.padded_user_graph(self._user_counts_coo(k), k, aggregation, generator=generator))
+
+
+class JointTableRecommender(MultimodalRecommender):
+    """A model whose :meth:`forward` returns one ``(n_users + n_items, d)`` table (users first),
+    trained with BPR on it plus ``reg_weight`` x :meth:`regularizer` (MMGCN, GRCN)."""
+
+    def regularizer(self, user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def calculate_loss(self, interaction):
+        user, pos, neg = interaction[self.USER_ID], interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        return joint_bpr(self.forward(), user, pos, neg, self.n_users) + self.reg_weight * self.regularizer(user, pos, neg)
+
+    def inference_embeddings(self):
+        with torch.no_grad():
+            table = self.forward()
+        return table[: self.n_users], table[self.n_users:]

@@ -212,3 +212,18 @@ def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, eps: float = 1e-8
     precision = 1.0 / (logvar.exp() + eps)
     total = precision.sum(0)
     return (mu * precision).sum(0) / total, -total.log()
+
+
+def pair_rows_l2(table: torch.Tensor, user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                 n_users: int) -> torch.Tensor:
+    """Mean squares of a joint ``(users; items)`` table's batch rows, as MMRec's MMGCN/GRCN: the
+    users' rows (each counted once per pair) plus the mean of the positive and negative items' rows."""
+    items = table[pos + n_users].pow(2).mean() + table[neg + n_users].pow(2).mean()
+    return table[user].pow(2).mean() + items / 2
+
+
+def joint_bpr(table: torch.Tensor, user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+              n_users: int) -> torch.Tensor:
+    """BPR on a joint ``(users; items)`` representation table (users first, items offset by ``n_users``)."""
+    u = table[user]
+    return bpr_loss((u * table[pos + n_users]).sum(1), (u * table[neg + n_users]).sum(1))

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import AggregateCombine, split_users_items
-from recbole_mm.model.loss import bpr_loss
+from recbole_mm.model.abstract_recommender import JointTableRecommender
+from recbole_mm.model.layers import AggregateCombine
+from recbole_mm.model.loss import pair_rows_l2
 
 AGGREGATIONS = {"mean": "rw", "sum": "none"}  # -> ui_graph normalisation
 
@@ -62,7 +62,7 @@ class _ModalityGCN(nn.Module):
         return x
 
 
-class MMGCN(MultimodalRecommender):
+class MMGCN(JointTableRecommender):
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):
@@ -98,19 +98,5 @@ class MMGCN(MultimodalRecommender):
     def regularizer(self, user, pos, neg) -> torch.Tensor:
         """MMRec's L2: mean squares of the batch's ID rows (users counted once per pair) and of the
         preference tables; constant (no gradient) when the embeddings are not trained."""
-        e = self.id_embedding
-        n = self.n_users
-        reg = e[user].pow(2).mean() + (e[pos + n].pow(2).mean() + e[neg + n].pow(2).mean()) / 2
+        reg = pair_rows_l2(self.id_embedding, user, pos, neg, self.n_users)
         return reg + sum(branch.preference.pow(2).mean() for branch in self.branches.values())
-
-    def calculate_loss(self, interaction):
-        user = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        users, items = split_users_items(self.forward(), self.n_users)
-        u = users[user]
-        loss = bpr_loss((u * items[pos]).sum(1), (u * items[neg]).sum(1))
-        return loss + self.reg_weight * self.regularizer(user, pos, neg)
-
-    def inference_embeddings(self):
-        with torch.no_grad():
-            return split_users_items(self.forward(), self.n_users)

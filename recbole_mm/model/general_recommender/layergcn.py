@@ -26,7 +26,7 @@ from recbole.utils import InputType
 
 from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import SparseOperator, split_users_items
+from recbole_mm.model.layers import split_users_items
 from recbole_mm.model.loss import bpr_loss, l2_reg
 
 
@@ -67,7 +67,7 @@ class LayerGCN(MultimodalRecommender):
         if self._uniform_next:
             kept = torch.randperm(len(self.train_users))[: math.ceil(keep * len(self.train_users))]
             adj = graphs.bipartite_norm_adj(self.train_users[kept], self.train_items[kept], self.n_users, self.n_items)
-            self.train_adj = SparseOperator(adj, symmetric=True).to(self.device)
+            self.train_adj = self._operator(adj, symmetric=True)
         else:
             self.train_adj = self.pruned_ui_graph(keep)
         self._uniform_next = not self._uniform_next

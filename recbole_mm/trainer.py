@@ -6,7 +6,9 @@
   and USERec resample their degree-pruned user-item graph there; LATTICE refreshes its learned
   item graph);
 * an epoch log (``trainer.epoch_log``: seconds per training epoch, per evaluation and the validation
-  result) that the CLI and the benchmark harness report.
+  result) that the CLI and the benchmark harness report;
+* Mirror Gradient (``mirror_gradient: True``), a training option for every model this trainer runs,
+  RecBole's built-ins included (:class:`MirrorGradient`).
 
 RecBole's checkpoint loading is made torch>=2.6-safe by :mod:`recbole_mm.compat`, which
 :func:`recbole_mm.utils.get_trainer` mixes into every trainer it returns.
@@ -18,10 +20,60 @@ from time import perf_counter
 
 from recbole.trainer import Trainer as RecBoleTrainer
 from torch import optim
+from torch.nn.utils import clip_grad_norm_
 
 from recbole_mm.compat import CompatTrainerMixin
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
 from recbole_mm.runtime import log_once, tune_cpu_allocator
+
+
+class MirrorGradient:
+    """Mirror Gradient (Zhong et al., "Mirror Gradient: Towards Robust Multimodal Recommender Systems
+    via Exploring Flat Local Minima", WWW'24), as a wrapper of the model's loss that RecBole's
+    training loop calls in place of ``calculate_loss``.
+
+    Every ``beta``-th batch of an epoch (the first, then every ``beta``), the batch takes two steps
+    : a descent step on ``alpha1 * L(theta)``, then, on the same batch and its
+    same negatives, a mirrored ascent step on ``-alpha2 * L(theta')`` at the updated parameters. The
+    net move is descent with a correction against directions where the loss rises sharply, which
+    steers training towards flat minima. Other batches train as usual. As the official code (MMRec's
+    trainer) the optimizer steps on the scaled losses themselves (with Adam the scale mostly cancels),
+    and the epoch's logged loss is the first pass's.
+
+    The first step happens here; the returned loss carries the first pass's value and the mirrored
+    pass's gradient, so RecBole's loop (backward, clipping, step) performs the second step unchanged.
+    """
+
+    def __init__(self, trainer, loss_func, alpha1: float, alpha2: float, beta: int):
+        if beta < 1:
+            raise ValueError(f"mirror_beta must be a positive integer of batches, got {beta}")
+        self.trainer, self.loss_func = trainer, loss_func
+        self.alpha1, self.alpha2, self.beta = float(alpha1), float(alpha2), int(beta)
+        self.batch = 0
+
+    def __call__(self, interaction):
+        batch, self.batch = self.batch, self.batch + 1
+        if batch % self.beta:
+            return self.loss_func(interaction)
+        trainer = self.trainer
+        first = self.loss_func(interaction)
+        (self.alpha1 * _total(first)).backward()
+        if trainer.clip_grad_norm:
+            clip_grad_norm_(trainer.model.parameters(), **trainer.clip_grad_norm)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+        second = self.loss_func(interaction)
+        if isinstance(first, tuple):
+            return tuple(self._mirrored(a, b) for a, b in zip(first, second))
+        return self._mirrored(first, second)
+
+    def _mirrored(self, first, second):
+        ascent = -self.alpha2 * second
+        return first.detach() + (ascent - ascent.detach())
+
+
+def _total(losses):
+    return sum(losses) if isinstance(losses, tuple) else losses
 
 
 class Trainer(CompatTrainerMixin, RecBoleTrainer):
@@ -49,6 +101,12 @@ class Trainer(CompatTrainerMixin, RecBoleTrainer):
         start = perf_counter()
         if isinstance(self.model, MultimodalRecommender):  # RecBole's own models have no such hook
             self.model.pre_epoch_processing()
+        if self.config["mirror_gradient"]:
+            if self.enable_scaler:
+                raise ValueError("mirror_gradient: True does not combine with enable_scaler (mixed-precision "
+                                 "loss scaling); switch one off")
+            loss_func = MirrorGradient(self, loss_func or self.model.calculate_loss, self.config["mirror_alpha1"],
+                                       self.config["mirror_alpha2"], self.config["mirror_beta"])
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         self.epoch_log.append({"epoch": epoch_idx, "train_s": perf_counter() - start})
         return loss

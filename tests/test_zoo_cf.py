@@ -10,7 +10,7 @@ from recbole.data.interaction import Interaction
 from recbole_mm.data import graphs
 from recbole_mm.model.general_recommender import itemknncbf
 from recbole_mm.model.general_recommender.itemknncbf import csr_dense_rows, shrunk_cosine_knn
-from recbole_mm.model.general_recommender.layergcn import refined_propagate
+from recbole_mm.model.layers import refined_propagate
 from recbole_mm.model.layers import SparseOperator
 from recbole_mm.quick_start import objective_function, run_recbole_mm
 from tests.test_models import _build

@@ -51,6 +51,10 @@ class FeatureRequest:
     exclude: tuple = field(default_factory=tuple)
 
 
+def _redraw_user_graph_after_load(module, incompatible_keys):
+    module.redraw_user_graph(fresh=False)  # the loaded seed's draw
+
+
 class MultimodalRecommender(GeneralRecommender):
     """Base class of recbole_mm's models (a RecBole ``GeneralRecommender``)."""
 
@@ -270,6 +274,24 @@ class MultimodalRecommender(GeneralRecommender):
         """Top-``k`` user co-occurrence graph (``R R^T`` of the training split, DualGNN; DRAGON):
         ``softmax`` over each user's neighbour counts, ``mean``, ``sym``, ``rw`` or ``none`` (counts)."""
         return self._operator(graphs.normalize_user_graph(self._user_counts_coo(k), normalization))
+
+    def register_epoch_user_graph(self, k: int, aggregation: str = "softmax") -> None:
+        """Declare a user graph redrawn each epoch (:meth:`redraw_user_graph`, from
+        :meth:`pre_epoch_processing`) as ``self.user_adj``: the official DualGNN/DRAGON/COHESION
+        per-epoch padding of :meth:`sampled_user_graph`. The seed of the current draw is a persistent
+        buffer, so a checkpoint brings back the graph its epoch was validated with (redrawn after
+        ``load_state_dict``)."""
+        self._epoch_user_graph = (k, aggregation)
+        self.register_buffer("user_graph_seed", torch.zeros((), dtype=torch.long))
+        self.register_load_state_dict_post_hook(_redraw_user_graph_after_load)
+
+    def redraw_user_graph(self, fresh: bool = True) -> None:
+        """A new draw of the declared epoch user graph (``fresh``: a new seed from the global RNG, so
+        seeded runs repeat; otherwise the stored seed's draw again)."""
+        if fresh:
+            self.user_graph_seed.fill_(int(torch.randint(0, 2**62, ())))
+        generator = torch.Generator().manual_seed(int(self.user_graph_seed))
+        self.user_adj = self.sampled_user_graph(*self._epoch_user_graph, generator=generator)
 
     def sampled_user_graph(self, k: int, aggregation: str = "softmax", generator=None) -> SparseOperator:
         """A fresh draw of the official DualGNN/DRAGON per-epoch user graph: users with fewer than ``k``

@@ -166,6 +166,21 @@ def lightgcn_propagate(adj, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
     return torch.stack(layers, dim=0).mean(dim=0)
 
 
+def refined_propagate(adj, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Layer-refined propagation (LayerGCN; COHESION's composite graph): ``sum_{l=1..L} E^l`` with
+    ``E^{l+1} = cos(A E^l, E^0) * A E^l`` (row-wise cosine)."""
+    # cos(h, e) = <h, e/|e|> / |h|: the ego norms once per forward, not once per layer (half the
+    # elementwise work of F.cosine_similarity's forward and backward, which dominate this model)
+    ego_unit = ego / ego.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    h, out = ego, None
+    for _ in range(n_layers):
+        h = adj @ h
+        cos = (h * ego_unit).sum(1, keepdim=True) / h.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        h = cos * h
+        out = h if out is None else out + h
+    return out
+
+
 def first_occurrence(ids: torch.Tensor) -> torch.Tensor:
     """Row index of each distinct value's first occurrence in ``ids``, in sorted value order
     (deterministic, unlike a scatter with repeated indices)."""

@@ -46,9 +46,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.general_recommender.dualgnn import _redraw_after_load
-from recbole_mm.model.general_recommender.layergcn import refined_propagate
-from recbole_mm.model.layers import propagate, spmm
+from recbole_mm.model.layers import propagate, refined_propagate, spmm
 from recbole_mm.model.loss import bpr_loss
 
 
@@ -91,22 +89,14 @@ class COHESION(MultimodalRecommender):
         self.adj = self.ui_graph()
         self.train_adj = self.adj
         self.mm_graph = self.mixed_knn_graph(config["knn_k"], config["modality_weights"])
-        # the seed of the epoch's user-graph padding draw is a persistent buffer (as DualGNN): a checkpoint
-        # brings back the graph its epoch was validated with
-        self.register_buffer("user_graph_seed", torch.zeros((), dtype=torch.long))
-        self.register_load_state_dict_post_hook(_redraw_after_load)
+        self.register_epoch_user_graph(self.user_knn_k, self.user_aggr_mode)
         self.pre_epoch_processing()
 
     def pre_epoch_processing(self):
         """Redraw the user graph's padding (official ``topk_sample``) and, with ``dropout``, the pruned graph."""
-        self.user_graph_seed.fill_(int(torch.randint(0, 2**62, ())))
-        self._draw_user_graph()
+        self.redraw_user_graph()
         if self.dropout > 0:
             self.train_adj = self.pruned_ui_graph(1.0 - self.dropout)
-
-    def _draw_user_graph(self):
-        generator = torch.Generator().manual_seed(int(self.user_graph_seed))
-        self.user_adj = self.sampled_user_graph(self.user_knn_k, self.user_aggr_mode, generator=generator)
 
     # -- model blocks ------------------------------------------------------------------------------
     def branch_inputs(self) -> list:

@@ -48,10 +48,6 @@ from recbole_mm.model.loss import bpr_loss
 CONSTRUCTIONS = ("weighted_sum", "mean", "weighted_max", "cat_mlp", "cat")
 
 
-def _redraw_after_load(module, incompatible_keys):
-    module._draw_user_graph()  # the loaded seed's padding draw
-
-
 class DualGNN(MultimodalRecommender):
     input_type = InputType.PAIRWISE
 
@@ -76,20 +72,12 @@ class DualGNN(MultimodalRecommender):
         self.user_mlp = nn.Linear(n_mod * d, d) if self.construction == "cat_mlp" else None
 
         self.adj = self.ui_graph()
-        # the seed of the current padding draw is a (persistent) buffer: a checkpoint brings back the
-        # graph its epoch was validated with (rebuilt after load_state_dict)
-        self.register_buffer("user_graph_seed", torch.zeros((), dtype=torch.long))
-        self.register_load_state_dict_post_hook(_redraw_after_load)
+        self.register_epoch_user_graph(self.user_knn_k, self.user_aggr_mode)
         self.pre_epoch_processing()
 
     def pre_epoch_processing(self):
         """Redraw the padding of the user co-occurrence graph (the official per-epoch ``topk_sample``)."""
-        self.user_graph_seed.fill_(int(torch.randint(0, 2**62, ())))  # from the global RNG: seeded runs repeat
-        self._draw_user_graph()
-
-    def _draw_user_graph(self):
-        generator = torch.Generator().manual_seed(int(self.user_graph_seed))
-        self.user_adj = self.sampled_user_graph(self.user_knn_k, self.user_aggr_mode, generator=generator)
+        self.redraw_user_graph()
 
     # -- model blocks ------------------------------------------------------------------------------
     def modality_representations(self) -> list:

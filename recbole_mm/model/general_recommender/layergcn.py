@@ -26,22 +26,8 @@ from recbole.utils import InputType
 
 from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import split_users_items
+from recbole_mm.model.layers import refined_propagate, split_users_items
 from recbole_mm.model.loss import bpr_loss, l2_reg
-
-
-def refined_propagate(adj, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """``sum_{l=1..L} E^l`` with ``E^{l+1} = cos(A E^l, E^0) * A E^l`` (row-wise cosine)."""
-    # cos(h, e) = <h, e/|e|> / |h|: the ego norms once per forward, not once per layer (half the
-    # elementwise work of F.cosine_similarity's forward and backward, which dominate this model)
-    ego_unit = ego / ego.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    h, out = ego, None
-    for _ in range(n_layers):
-        h = adj @ h
-        cos = (h * ego_unit).sum(1, keepdim=True) / h.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        h = cos * h
-        out = h if out is None else out + h
-    return out
 
 
 class LayerGCN(MultimodalRecommender):

@@ -145,15 +145,15 @@ def test_local_mode_samples_for_training_only(tiny_dataset):
 
 def test_global_mode_graph_fixed_and_cached(tiny_dataset):
     data_path, name = tiny_dataset
-    _, m, _ = _build("PGL", data_path, name, mode="global")
+    _, m, _ = _build("PGL", data_path, name, principal_mode="global")
     expected = principal_ui_graph(m.train_users, m.train_items, m.n_users, m.n_items, rank=16)
     torch.testing.assert_close(m.train_adj.csr.to_dense(), expected.to_dense())
     m.pre_epoch_processing()
     torch.testing.assert_close(m.train_adj.csr.to_dense(), expected.to_dense())  # not resampled
-    _, again, _ = _build("PGL", data_path, name, mode="global")  # from the cache
+    _, again, _ = _build("PGL", data_path, name, principal_mode="global")  # from the cache
     torch.testing.assert_close(again.train_adj.csr.to_dense(), expected.to_dense())
-    with pytest.raises(ValueError, match="mode"):
-        _build("PGL", data_path, name, mode="both")
+    with pytest.raises(ValueError, match="principal_mode"):
+        _build("PGL", data_path, name, principal_mode="both")
 
 
 def test_same_seed_same_numbers(tiny_dataset):
@@ -174,5 +174,5 @@ def test_objective_function_runs(tiny_dataset, run_config, mode):
 
     data_path, name = tiny_dataset
     result = objective_function(dict(run_config, data_path=data_path, model="PGL", dataset=name, epochs=1,
-                                     mode=mode, reg_weight=0.05))
+                                     principal_mode=mode, reg_weight=0.05))
     assert 0 <= result["test_result"]["recall@20"] <= 1

@@ -8,7 +8,7 @@ Multimedia Recommendation".
   sym-normalised, mixed with ``modality_weights`` and frozen (FREEDOM's); ``h = S^{n_mm_layers} x``.
 * Principal graph learning: training propagates (LightGCN, mean of layers 0..``n_ui_layers``) over a
   principal subgraph ``Â_p`` of the user-item graph, inference over the complete ``Â``;
-  items get ``+ h``. Two extraction operators (``mode``):
+  items get ``+ h``. Two extraction operators (``principal_mode``):
 
   - ``local`` (local-aware, MMRec's default): a fresh degree-sensitive sample of ``local_keep_ratio``
     of the edges every epoch, p ∝ 1/sqrt(d_u d_i), re-normalised;
@@ -28,7 +28,8 @@ Followed from MMRec (``src/models/pgl.py``, the official code): the above, inclu
 product weighting and the 1e-3 threshold. Differences: the SVD is ARPACK's (scipy) on ``R̃`` instead of
 sparsesvd on ``Â``; ``ceil`` instead of ``int`` edges kept; MMRec's ``learning_rate_scheduler
 [0.96, 50]`` (lr x 0.96^(epoch/50)) is not applied (our trainer has none; 2% after 30 epochs); its
-``mm_image_weight`` (image 0.1, text 0.9) is ``modality_weights``. ``reg_weight`` defaults to MMRec's 0
+``mm_image_weight`` (image 0.1, text 0.9) is ``modality_weights``; its ``mode`` is ``principal_mode`` (a
+``--mode=`` flag would be read as an abbreviation of ``--model``). ``reg_weight`` defaults to MMRec's 0
 (the official logs use 0.05).
 """
 
@@ -107,9 +108,9 @@ class PGL(MultimodalRecommender):
         self.n_ui_layers, self.n_mm_layers = config["n_ui_layers"], config["n_mm_layers"]
         self.reg_weight, self.dropout, self.cl_temperature = (config["reg_weight"], config["dropout"],
                                                               config["cl_temperature"])
-        self.mode, self.keep_ratio = config["mode"], config["local_keep_ratio"]
+        self.mode, self.keep_ratio = config["principal_mode"], config["local_keep_ratio"]
         if self.mode not in MODES:
-            raise ValueError(f"PGL: mode must be one of {MODES}, got {self.mode!r}")
+            raise ValueError(f"PGL: principal_mode must be one of {MODES}, got {self.mode!r}")
 
         self.user_prefs = nn.ModuleDict({m: nn.Embedding(self.n_users, d) for m in self.modalities})
         for table in self.user_prefs.values():

@@ -1,8 +1,9 @@
 """DA-MRS (Xu, Li, Xie, Lin, Liu, Xia, Kang & Lin, KDD 2024): "Improving Multi-modal Recommender
 Systems by Denoising and Aligning Multi-modal Content and User Feedback", on a LightGCN backbone
-(DA-MRS+LightGCN, as MMRec's ``damrs.py``). Sections of the paper:
+(DA-MRS+LightGCN, as MMRec's ``damrs.py``). The blocks, named as in the paper (its equation numbers
+are not cited: the paper's full text was not at hand; the formulas are those of the official code):
 
-* Denoised item-item graphs (Sec. 3.1, DIIG): a pair of items may be linked only if, in *every*
+* Denoised item-item graphs (DIIG): a pair of items may be linked only if, in *every*
   modality, its cosine similarity is at least that modality's mean cosine over all item pairs
   (consistent content across modalities); each modality then keeps its top-``knn_k`` such
   neighbours (binary, ``D^-1/2 A D^-1/2`` with row degrees). A behaviour graph joins them:
@@ -11,22 +12,23 @@ Systems by Denoising and Aligning Multi-modal Content and User Feedback", on a L
   official ``build_iib_graph.py --topk=2`` / ``item_graph_dict_2.npy``, built here from the
   training split, sparse and cached). Item ID embeddings propagate ``n_mm_layers`` times over each
   graph (branches ``h_b``); their mean is added to the LightGCN item output (scores: ``u . (i + h)``).
-* Denoised BPR (Sec. 3.2): with ``s_b = sigmoid(u . norm(h_b[i]))`` over the branches,
+* Denoised BPR (denoising user feedback): with ``s_b = sigmoid(u . norm(h_b[i]))`` over the branches,
   a positive pair weighs ``w+ = mean_b s_b * exp(-var_b s_b)^2`` and a negative one (taken as a
   missed positive) ``w- = max_b s_b - n_bar`` where ``mean_b s_b < n_bar``, else 0 (both clamped
   to [0, 1], no gradient): ``L = -mean(w+ ln sig(y_pos - y_neg) + w- ln sig(y_neg - y_pos))``.
-* Alignment guided by user preference (Sec. 3.3, AU): symmetric Bernoulli KL between
+* Alignment guided by user preference (AU): symmetric Bernoulli KL between
   ``sigmoid(u . norm(i_cf))`` and ``sigmoid(u . norm(mean_b h_b[i]))`` over the batch's unique users x
   unique items; computed as ``(sig(a) - sig(b)) (a - b)``, which equals ``KL(p||q) + KL(q||p)``.
-* Alignment guided by graded item relations (Sec. 3.3, AI): per branch, softmax of cosines to all
+* Alignment guided by graded item relations (AI): per branch, softmax of cosines to all
   items; the top ``n_positives`` of (sum of all branches' + the own branch's) probabilities are
   strong positives, the next ``n_positives`` of the own branch weak ones;
   ``-ln(S_strong / S_all) - ln(S_weak / (S_all - S_strong))`` with ``S = sum exp(cos / temperature)``.
 * Loss: ``L_BPR + neighbor_weight * L_AI + kl_weight * L_AU`` (no L2 term, as MMRec).
 
-Following MMRec where the paper is vague: ``n_bar`` is one scalar, the mean over the whole batch
-and all branches; probabilities include the item itself; the mean cosine includes the diagonal.
-Differences, none in exact arithmetic on real data: any number of modalities (two in MMRec; all
+Details as MMRec's code: ``n_bar`` is one scalar, the mean over the whole batch and all branches;
+the probabilities include the item itself; the mean cosine includes the diagonal; the ID tables are
+Xavier-initialised. Differences from MMRec, none changing the numbers on lfm2k (all three graphs
+checked edge for edge against MMRec's builders, the loss against its formulas): any number of modalities (two in MMRec; all
 branches enter every mean, each branch counts twice in its own positive ranking); ``ln sigmoid``
 is ``logsigmoid`` (MMRec's ``log(sigmoid)`` turns -inf for large margins); a neighbour survives the
 consistency mask by ``sim >= mean`` and ranks among survivors only (MMRec zeroes non-survivors, so

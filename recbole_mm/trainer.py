@@ -8,7 +8,9 @@
 * an epoch log (``trainer.epoch_log``: seconds per training epoch, per evaluation and the validation
   result) that the CLI and the benchmark harness report;
 * Mirror Gradient (``mirror_gradient: True``), a training option for every model this trainer runs,
-  RecBole's built-ins included (:class:`MirrorGradient`).
+  RecBole's built-ins included (:class:`MirrorGradient`);
+* MMRec's exponential learning-rate decay, ``learning_rate_scheduler: [gamma, epochs]``: the rate
+  after ``e`` training epochs is ``learning_rate * gamma ** (e / epochs)`` (``~``: constant).
 
 RecBole's checkpoint loading is made torch>=2.6-safe by :mod:`recbole_mm.compat`, which
 :func:`recbole_mm.utils.get_trainer` mixes into every trainer it returns.
@@ -82,6 +84,13 @@ class Trainer(CompatTrainerMixin, RecBoleTrainer):
             tune_cpu_allocator()
         super().__init__(config, model)
         self.epoch_log = []
+        self.lr_scheduler = None
+        schedule = config["learning_rate_scheduler"]
+        if schedule is not None:
+            gamma, period = (float(v) for v in schedule)
+            if not (gamma > 0 and period > 0):
+                raise ValueError(f"learning_rate_scheduler must be [gamma > 0, epochs > 0], got {schedule}")
+            self.lr_scheduler = optim.lr_scheduler.LambdaLR(self.optimizer, lambda epoch: gamma ** (epoch / period))
 
     def _build_optimizer(self, **kwargs):
         """RecBole's optimizer choice, with Adam/AdamW using torch's fused kernel (one pass over each
@@ -108,6 +117,8 @@ class Trainer(CompatTrainerMixin, RecBoleTrainer):
             loss_func = MirrorGradient(self, loss_func or self.model.calculate_loss, self.config["mirror_alpha1"],
                                        self.config["mirror_alpha2"], self.config["mirror_beta"])
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         self.epoch_log.append({"epoch": epoch_idx, "train_s": perf_counter() - start})
         return loss
 

@@ -1,4 +1,4 @@
-"""Mirror Gradient (WWW'24) as a Trainer option: the two-step update by hand, then real trainings."""
+"""Trainer options: Mirror Gradient (WWW'24) by hand and in real trainings; MMRec's learning-rate decay."""
 
 from types import SimpleNamespace
 
@@ -63,3 +63,24 @@ def test_trains_plugin_and_builtin_models(tiny_dataset, run_config, model):
     assert first["test_result"] == second["test_result"]  # same seed, same numbers
     assert first["best_valid_result"] != plain["best_valid_result"] or \
         first["test_result"] != plain["test_result"]
+
+
+def test_learning_rate_decay(tiny_dataset, run_config):
+    """learning_rate_scheduler [gamma, epochs]: the rate after e epochs is lr * gamma ** (e / epochs)."""
+    from recbole_mm.config import Config
+    from recbole_mm.data import create_dataset, data_preparation
+    from recbole_mm.utils import get_model, get_trainer
+
+    data_path, name = tiny_dataset
+    config = Config("LightGCN", name, config_dict=dict(run_config, data_path=data_path,
+                                                       learning_rate_scheduler=[0.5, 2], learning_rate=0.01))
+    dataset = create_dataset(config)
+    train, _, _ = data_preparation(config, dataset)
+    model = get_model("LightGCN")(config, train.dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], "LightGCN")(config, model)
+    for epoch in range(3):
+        trainer._train_epoch(train, epoch)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** (3 / 2))
+    with pytest.raises(ValueError, match="learning_rate_scheduler"):
+        get_trainer(config["MODEL_TYPE"], "LightGCN")(Config("LightGCN", name, config_dict=dict(
+            run_config, data_path=data_path, learning_rate_scheduler=[0.0, 50])), model)

@@ -27,9 +27,12 @@ No user or item ID table: every representation is computed from content and the 
   plus ``lamda`` x the modality alignment InfoNCE (anchor -> each other modality, temperature tau)
   of the batch users' and positive items' ``h^m``.
 
-The official code also lets gradients flow into the item features through the similarity *values*
-of the init-time KNN graph (constant values, hence its ``retain_graph=True``); we do not (the
-similarities are plain constants here), see the report of the MMRec-structured probe.
+Written from the official code (G-H-Li/IDFREE, src/models/idfree.py; the paper's text was not at
+hand, so the equations above are unnumbered), including what only the code fixes: the broadcast
+softmax loss, the inference-time KNN of the fused representations, the clipped normalisation,
+``int(|E| (1 - dropout))`` kept edges, cosine training vs. dot-product scoring. Its KNN similarities
+are constants (the edge scorer copies the sparse values, which carry no gradient), so its trainer's
+``retain_graph=True`` changes nothing and we need none.
 """
 
 from __future__ import annotations

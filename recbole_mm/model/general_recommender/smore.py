@@ -66,7 +66,7 @@ def max_pool_graphs(graphs) -> torch.Tensor:
 
 
 class SpectrumFusion(nn.Module):
-    """Learned spectral filtering of ``M`` same-sized views and their spectral fusion (SMORE 3.2).
+    """Learned spectral filtering of ``M`` same-sized views and their fusion (SMORE's spectrum fusion).
 
     ``forward({m: x_m})`` -> ``({m: IFFT(FFT(x_m) K_m)}, IFFT(K_f prod_m FFT(x_m)))``: real FFTs
     along the last axis (orthonormal), ``K`` complex with ``dim // 2 + 1`` frequencies, stored as

@@ -25,11 +25,10 @@ numbers were not at hand, so the blocks are named after its sections.
   of the batch's positive items + of its users), temperature ``cl_temperature``.
 
 Differences from the official code (kennethorq/SMORE, MMRec's smore.py), none affecting accuracy:
-per-modality knn_k is ``knn_k`` plus an optional ``modality_knn_k`` override; MMRec's
-``learning_rate_scheduler`` ([0.96, 50], lr x 0.976 by epoch 30) is not applied (our trainer has no
-scheduler); its L2 divides by the configured batch size, ours by the actual one (differs on the
-last batch only); its unused ``lambda_coeff``/``temperature`` keys are left out (its InfoNCE
-temperature is hard-coded 0.2, our ``cl_temperature`` default).
+per-modality knn_k is ``knn_k`` plus an optional ``modality_knn_k`` override; its L2 divides by the
+configured batch size, ours by the actual one (differs on the last batch only); its unused
+``lambda_coeff``/``temperature`` keys are left out (its InfoNCE temperature is hard-coded 0.2, our
+``cl_temperature`` default).
 """
 
 from __future__ import annotations

@@ -26,8 +26,7 @@ Multimedia Recommendation".
 
 Followed from MMRec (``src/models/pgl.py``, the official code): the above, including the spectral
 product weighting and the 1e-3 threshold. Differences: the SVD is ARPACK's (scipy) on ``R̃`` instead of
-sparsesvd on ``Â``; ``ceil`` instead of ``int`` edges kept; MMRec's ``learning_rate_scheduler
-[0.96, 50]`` (lr x 0.96^(epoch/50)) is not applied (our trainer has none; 2% after 30 epochs); its
+sparsesvd on ``Â``; ``ceil`` instead of ``int`` edges kept; its
 ``mm_image_weight`` (image 0.1, text 0.9) is ``modality_weights``; its ``mode`` is ``principal_mode`` (a
 ``--mode=`` flag would be read as an abbreviation of ``--model``). ``reg_weight`` defaults to MMRec's 0
 (the official logs use 0.05).

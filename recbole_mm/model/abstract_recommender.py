@@ -29,8 +29,8 @@ from torch import nn
 
 from recbole_mm.cache import graph_cache_dir
 from recbole_mm.data import graphs
-from recbole_mm.model.layers import SparseOperator
-from recbole_mm.model.loss import joint_bpr
+from recbole_mm.model.layers import SparseOperator, split_users_items
+from recbole_mm.model.loss import bpr_l2, info_nce, joint_bpr
 
 
 @dataclass(frozen=True)
@@ -314,3 +314,25 @@ class JointTableRecommender(MultimodalRecommender):
         with torch.no_grad():
             table = self.forward()
         return table[: self.n_users], table[self.n_users:]
+
+
+class SideViewRecommender(MultimodalRecommender):
+    """A model whose :meth:`forward` returns ``(content + side, side, content)`` tables (users first):
+    a collaborative ``content`` view (LightGCN on IDs) and a modality ``side`` view (MGCN, SMORE).
+    Trained with BPR + ``reg_weight`` L2 on the final rows plus ``cl_weight`` x InfoNCE
+    (``cl_temperature``) between the two views of the batch's positive items and of its users."""
+
+    def calculate_loss(self, interaction):
+        user = interaction[self.USER_ID]
+        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        final, side, content = self.forward()
+        users, items = split_users_items(final, self.n_users)
+        loss = bpr_l2(users[user], items[pos], items[neg], self.reg_weight)
+        side_u, side_i = split_users_items(side, self.n_users)
+        cont_u, cont_i = split_users_items(content, self.n_users)
+        cl = info_nce(side_i[pos], cont_i[pos], self.cl_temperature) + \
+            info_nce(side_u[user], cont_u[user], self.cl_temperature)
+        return loss + self.cl_weight * cl
+
+    def inference_embeddings(self):
+        return split_users_items(self.forward()[0], self.n_users)

@@ -17,12 +17,11 @@ from __future__ import annotations
 import torch
 from recbole.utils import InputType
 
-from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import Fusion, ModalityProjector, lightgcn_propagate, propagate, split_users_items
-from recbole_mm.model.loss import bpr_l2, info_nce
+from recbole_mm.model.abstract_recommender import SideViewRecommender
+from recbole_mm.model.layers import Fusion, ModalityProjector, lightgcn_propagate, propagate
 
 
-class MGCN(MultimodalRecommender):
+class MGCN(SideViewRecommender):
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):
@@ -56,18 +55,3 @@ class MGCN(MultimodalRecommender):
         specific = [prefer[m] * (v - common) for m, v in zip(self.modalities, views)]
         side = (sum(specific) + common) / (len(views) + 1)
         return content + side, side, content
-
-    def calculate_loss(self, interaction):
-        user = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        final, side, content = self.forward()
-        users, items = split_users_items(final, self.n_users)
-        loss = bpr_l2(users[user], items[pos], items[neg], self.reg_weight)
-        side_u, side_i = split_users_items(side, self.n_users)
-        cont_u, cont_i = split_users_items(content, self.n_users)
-        cl = info_nce(side_i[pos], cont_i[pos], self.cl_temperature) + \
-            info_nce(side_u[user], cont_u[user], self.cl_temperature)
-        return loss + self.cl_weight * cl
-
-    def inference_embeddings(self):
-        return split_users_items(self.forward()[0], self.n_users)

@@ -38,9 +38,8 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.data.graphs import sparse
-from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import ModalityProjector, SparseOperator, lightgcn_propagate, propagate, split_users_items
-from recbole_mm.model.loss import bpr_l2, info_nce
+from recbole_mm.model.abstract_recommender import SideViewRecommender
+from recbole_mm.model.layers import ModalityProjector, SparseOperator, lightgcn_propagate, propagate
 
 
 # -- generic blocks (shared candidates) --------------------------------------------------------
@@ -96,7 +95,7 @@ def _gate(dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim), nn.Sigmoid())
 
 
-class SMORE(MultimodalRecommender):
+class SMORE(SideViewRecommender):
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):
@@ -155,18 +154,3 @@ class SMORE(MultimodalRecommender):
         parts.append(self.dropout(self.fusion_prefer(content)) * fusion)
         side = torch.stack(parts).mean(0)
         return content + side, side, content
-
-    def calculate_loss(self, interaction):
-        user = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        final, side, content = self.forward()
-        users, items = split_users_items(final, self.n_users)
-        loss = bpr_l2(users[user], items[pos], items[neg], self.reg_weight)
-        side_u, side_i = split_users_items(side, self.n_users)
-        cont_u, cont_i = split_users_items(content, self.n_users)
-        cl = info_nce(side_i[pos], cont_i[pos], self.cl_temperature) + \
-            info_nce(side_u[user], cont_u[user], self.cl_temperature)
-        return loss + self.cl_weight * cl
-
-    def inference_embeddings(self):
-        return split_users_items(self.forward()[0], self.n_users)

@@ -1,0 +1,147 @@
+"""MMGCL (Yi, Wang, Ounis & Macdonald, SIGIR 2022): "Multi-modal Graph Contrastive Learning for
+Micro-video Recommendation".
+
+Written from the paper; no MMRec reference exists. A public MMGCL code (a ``GeneralRecommender``
+with ``ssl_task: ED+MM+CN``, from the authors' SLMRec lineage) was read for the encoder details
+the short paper leaves out; where it departs from the paper we follow the paper (listed below).
+
+* Encoder: one LightGCN branch per view ``b`` -- the ID branch (user and item ID embeddings) and
+  one per modality ``m``, whose item inputs are ``x_i^m = W_m f̂_i^m + b_m`` (L2-normalised features)
+  and whose user inputs are the shared user ID embeddings:
+  ``H_b = mean(H_b^0, Â H_b^0, ..., Â^L H_b^0)`` on the sym-normalised user-item graph ``Â``.
+* Fusion and score: ``z_u = W_u [h_u^id; h_u^m1; ...] + c_u``, ``z_i = W_i [h_i^id; ...] + c_i``;
+  ``ŷ_ui = <z_u, z_i>``; the main task is BPR (``L_rec``).
+* Views (Sec. 2.2), drawn afresh for every batch from the global RNG
+  (:mod:`recbole_mm.model.augment`):
+  - modality edge dropout (view 1): every branch (ID included) propagates over its own,
+    independently edge-dropped graph (rate ``edge_dropout``, re-normalised on the kept degrees);
+    the public code shares one dropped graph across the branches -- the paper drops per modality;
+  - modality masking (view 2): one modality ``m ~ p_m`` (``mask_p``; uniform by default) has its
+    item inputs replaced by randomly initialised embeddings (``mask_mode``) at the input layer,
+    the other branches unchanged (the public code instead node-drops that branch's graph).
+* Negative sampling (Sec. 2.3): a hard negative of each anchor is its view-1 representation with
+  one modality branch (drawn uniformly) swapped -- for an item, with the BPR-sampled negative
+  item's branch (as in the public code); for a user, with another batch user's (the batch rolled by
+  one). It joins the in-batch negatives in the denominator (:func:`info_nce_hard`).
+* Objective (Eq. 1-3): ``L = L_rec + λ (L_ssl^user + L_ssl^item)``, each ``L_ssl`` the InfoNCE between
+  the two views' cosines at temperature ``τ`` (``ssl_temp``), ``λ = ssl_alpha``; Adam weight decay as
+  the only L2 (the public code has no explicit regulariser). The public code computes the
+  negative-sampling term but never adds it to the loss; we add it (``hard_negative: False`` drops it).
+* Inference: the full graph, no augmentation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_mm.model import augment
+from recbole_mm.model.abstract_recommender import MultimodalRecommender
+from recbole_mm.model.layers import ModalityProjector, lightgcn_propagate, split_users_items
+from recbole_mm.model.loss import bpr_loss
+
+
+def info_nce_hard(a: torch.Tensor, b: torch.Tensor, hard: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """In-batch InfoNCE with one extra negative per anchor (MMGCL's negative sampling).
+
+    ``-mean_i log( e^{c(a_i,b_i)/t} / (sum_j e^{c(a_i,b_j)/t} + e^{c(a_i,h_i)/t}) )`` on cosines ``c``;
+    ``hard=None`` is the plain in-batch InfoNCE. A generic block (shared candidate).
+    """
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.T / temperature
+    if hard is not None:
+        logits = torch.cat([logits, (a * F.normalize(hard, dim=-1)).sum(-1, keepdim=True) / temperature], 1)
+    return (torch.logsumexp(logits, 1) - logits.diagonal()).mean()
+
+
+def swap_block(x: torch.Tensor, block: torch.Tensor, k: int) -> torch.Tensor:
+    """``x`` (rows, n_blocks * w) with its column block ``k`` replaced by ``block`` (rows, w)."""
+    w = block.shape[1]
+    return torch.cat([x[:, :k * w], block, x[:, (k + 1) * w:]], 1)
+
+
+class MMGCL(MultimodalRecommender):
+    input_type = InputType.PAIRWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        d = self.embedding_size = config["embedding_size"]
+        self.n_layers = config["n_layers"]
+        self.ssl_alpha, self.ssl_temp = config["ssl_alpha"], config["ssl_temp"]
+        self.edge_dropout = config["edge_dropout"]
+        self.mask_mode, self.hard_negative = config["mask_mode"], bool(config["hard_negative"])
+        self.mask_p = self.modality_weights(config["mask_p"])  # {modality: p_m}, summing to one
+        if self.mask_mode not in augment.MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {augment.MASK_MODES}, got {self.mask_mode!r}")
+        self.n_branches = len(self.modalities) + 1  # the ID branch, then the modalities
+
+        self.init_id_embeddings(d)
+        self.projector = ModalityProjector(self.modality_dims(), d)
+        for layer in self.projector.proj.values():
+            nn.init.xavier_uniform_(layer.weight)
+        self.read_user, self.read_item = nn.Linear(d * self.n_branches, d), nn.Linear(d * self.n_branches, d)
+        nn.init.xavier_uniform_(self.read_user.weight)
+        nn.init.xavier_uniform_(self.read_item.weight)
+        self.adj = self.ui_graph()
+
+    def item_inputs(self) -> dict:
+        """``{modality: (n_items, d)}`` projected, L2-normalised features (the branches' item inputs)."""
+        return self.projector({m: F.normalize(self.modality_feature(m), dim=1) for m in self.modalities})
+
+    def ego(self, inputs: dict) -> torch.Tensor:
+        """``(n_users + n_items, d * n_branches)``: every branch's ``H^0`` side by side."""
+        users = self.user_embedding.weight.repeat(1, self.n_branches)
+        items = torch.cat([self.item_embedding.weight] + [inputs[m] for m in self.modalities], 1)
+        return torch.cat([users, items])
+
+    def branch(self, ego: torch.Tensor, k: int) -> torch.Tensor:
+        return ego[:, k * self.embedding_size:(k + 1) * self.embedding_size]
+
+    def propagate(self, ego: torch.Tensor, graphs=None) -> torch.Tensor:
+        """Layer-mean LightGCN of all branches: one block product on ``Â``, or branch ``k`` on ``graphs[k]``."""
+        if graphs is None:
+            return lightgcn_propagate(self.adj, ego, self.n_layers)
+        return torch.cat([lightgcn_propagate(g, self.branch(ego, k), self.n_layers) for k, g in enumerate(graphs)], 1)
+
+    def fuse(self, h: torch.Tensor):
+        users, items = split_users_items(h, self.n_users)
+        return self.read_user(users), self.read_item(items)
+
+    def views(self, ego: torch.Tensor, full: torch.Tensor, inputs: dict):
+        """The two augmented propagations: modality edge dropout, modality masking."""
+        dropped = augment.modality_edge_dropout(self.adj, range(self.n_branches), self.edge_dropout)
+        view1 = self.propagate(ego, [dropped[k] for k in range(self.n_branches)])
+        masked = augment.choose_modality(self.modalities, self.mask_p)
+        k = 1 + self.modalities.index(masked)
+        masked_ego = self.ego(augment.modality_mask(inputs, masked, self.mask_mode))
+        view2 = swap_block(full, lightgcn_propagate(self.adj, self.branch(masked_ego, k), self.n_layers), k)
+        return view1, view2
+
+    def ssl_loss(self, view1, view2, user, pos, neg) -> torch.Tensor:
+        u1, i1 = split_users_items(view1, self.n_users)
+        u2, i2 = split_users_items(view2, self.n_users)
+        hard_u = hard_i = None
+        if self.hard_negative:
+            k = 1 + int(torch.randint(len(self.modalities), ()))  # the modality branch swapped
+            hard_u = self.read_user(swap_block(u1[user], self.branch(u1[user.roll(1)], k), k))
+            hard_i = self.read_item(swap_block(i1[pos], self.branch(i1[neg], k), k))
+        return (info_nce_hard(self.read_user(u1[user]), self.read_user(u2[user]), hard_u, self.ssl_temp)
+                + info_nce_hard(self.read_item(i1[pos]), self.read_item(i2[pos]), hard_i, self.ssl_temp))
+
+    def calculate_loss(self, interaction):
+        user, pos, neg = interaction[self.USER_ID], interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        inputs = self.item_inputs()
+        ego = self.ego(inputs)
+        full = self.propagate(ego)
+        users, items = split_users_items(full, self.n_users)
+        u, p, n = self.read_user(users[user]), self.read_item(items[pos]), self.read_item(items[neg])
+        loss = bpr_loss((u * p).sum(1), (u * n).sum(1))
+        if self.ssl_alpha > 0:
+            loss = loss + self.ssl_alpha * self.ssl_loss(*self.views(ego, full, inputs), user, pos, neg)
+        return loss
+
+    def inference_embeddings(self):
+        with torch.no_grad():
+            return self.fuse(self.propagate(self.ego(self.item_inputs())))

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from recbole.data.interaction import Interaction
 
-from recbole_mm.model.general_recommender.micro import intra_inter_info_nce, learned_knn_edges
+from recbole_mm.data.graphs import learned_knn_edges
+from recbole_mm.model.general_recommender.micro import intra_inter_info_nce
 from tests.test_models import _build
 
 
@@ -25,7 +26,7 @@ def _dense_knn(x, k):
 # -- generic blocks ------------------------------------------------------------------------------
 def test_learned_knn_edges_by_hand():
     x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])  # cos(0,1) = 0.8, cos(1,2) = 0.6, cos(0,2) = 0
-    rows, cols, vals = learned_knn_edges(x, 2)  # each row: itself and its nearest other item
+    rows, cols, vals = learned_knn_edges(x, 2, "sym")  # each row: itself and its nearest other item
     dense = torch.zeros(3, 3).index_put_((rows, cols), vals, accumulate=True)
     d0 = d1 = 1.8  # weighted row degrees: 1 + 0.8, 1 + 0.8, 1 + 0.6
     d2 = 1.6
@@ -39,7 +40,7 @@ def test_learned_knn_edges_by_hand():
 def test_learned_knn_edges_match_dense_and_are_differentiable():
     torch.manual_seed(0)
     x = torch.randn(7, 4, requires_grad=True)  # normalize_edges works in float32
-    rows, cols, vals = learned_knn_edges(x, 3)
+    rows, cols, vals = learned_knn_edges(x, 3, "sym")
     dense = torch.zeros(7, 7).index_put((rows, cols), vals, accumulate=True)
     torch.testing.assert_close(dense, _dense_knn(x, 3))
     g1 = torch.autograd.grad((dense * torch.arange(49.0).view(7, 7)).sum(), x)[0]

@@ -191,6 +191,25 @@ def knn_edges(features: torch.Tensor, k: int, block_size: int = None, include_se
     return rows, cols.reshape(-1), sims.reshape(-1)
 
 
+def learned_knn_edges(features: torch.Tensor, k: int, normalization: str | None = None):
+    """Differentiable top-``k`` cosine graph of ``features`` (n, d) as an edge list ``(rows, cols, values)``
+    (LATTICE's and MICRO's learned item graphs).
+
+    Neighbours (self included) are found without gradient, block-wise (:func:`knn_indices`); the kept
+    edges' cosines are recomputed with gradient, so ``values`` is differentiable w.r.t. ``features`` as a
+    dense ``topk(sim)`` would be on its kept entries. ``normalization``: ``None`` (raw cosines) or a mode
+    of :func:`normalize_edges` (``sym``: ``D^-1/2 S D^-1/2`` with weighted degrees).
+    """
+    nbr, _ = knn_indices(features, k)
+    rows = torch.arange(features.shape[0], device=features.device).repeat_interleave(nbr.shape[1])
+    cols = nbr.reshape(-1)
+    normed = F.normalize(features, dim=1)
+    sims = (normed[rows] * normed[cols]).sum(1)
+    if normalization is None:
+        return rows, cols, sims
+    return rows, cols, normalize_edges(rows, cols, sims, features.shape[0], mode=normalization)
+
+
 def knn_graph(features: torch.Tensor, k: int, normalization: str = "sym", weighted: bool = False,
               block_size: int = None, include_self: bool = True, backend: str = "torch") -> torch.Tensor:
     """Item-item KNN graph from one modality's features (FREEDOM: binary, sym; LATTICE: weighted).

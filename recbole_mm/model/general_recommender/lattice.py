@@ -59,12 +59,8 @@ class LATTICE(MultimodalRecommender):
         projected = self.projector({m: self.features[m].weight for m in self.modalities})
         rows, cols, vals = [], [], []
         for j, m in enumerate(self.modalities):
-            feats = projected[m][1:]  # real items only (row 0 is padding)
-            nbr, _ = graphs.knn_indices(feats, self.knn_k)
-            r = torch.arange(feats.shape[0], device=feats.device).repeat_interleave(nbr.shape[1])
-            c = nbr.reshape(-1)
-            normed = F.normalize(feats, dim=1)
-            sims = (normed[r] * normed[c]).sum(1)  # differentiable Eq. 4 on the kept edges
+            # differentiable Eq. 4 on the kept edges; real items only (row 0 is padding)
+            r, c, sims = graphs.learned_knn_edges(projected[m][1:], self.knn_k)
             rows.append(r + 1), cols.append(c + 1), vals.append(alpha[j] * sims)
         rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
         learned = graphs.normalize_edges(rows, cols, vals, self.n_items, mode="sym")

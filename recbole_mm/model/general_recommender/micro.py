@@ -42,22 +42,6 @@ from recbole_mm.model.loss import bpr_l2
 
 
 # -- generic blocks (shared candidates) --------------------------------------------------------------
-def learned_knn_edges(features: torch.Tensor, k: int, normalization: str = "sym"):
-    """Differentiable top-``k`` cosine graph of ``features`` (n, d) as an edge list ``(rows, cols, values)``.
-
-    Neighbours (self included) are found without gradient, block-wise (:func:`graphs.knn_indices`);
-    the kept edges' cosines are recomputed with gradient and normalised (``sym``: ``D^-1/2 S D^-1/2``
-    with weighted degrees), so ``values`` is differentiable w.r.t. ``features`` as a dense
-    ``topk(sim)`` would be on its kept entries (LATTICE Eq. 4-5; MICRO's per-modality learned graph).
-    """
-    nbr, _ = graphs.knn_indices(features, k)
-    rows = torch.arange(features.shape[0], device=features.device).repeat_interleave(nbr.shape[1])
-    cols = nbr.reshape(-1)
-    normed = F.normalize(features, dim=1)
-    sims = (normed[rows] * normed[cols]).sum(1)
-    return rows, cols, graphs.normalize_edges(rows, cols, sims, features.shape[0], mode=normalization)
-
-
 def _intra_inter_block(anchor, z1, z2, start, temperature):
     """Summed GRACE loss of the anchor rows ``z1[start:start+B]`` (all rows L2-normalised)."""
     shift = 1.0 / temperature  # cosines <= 1: exp(logit - 1/t) cannot overflow
@@ -119,7 +103,7 @@ class MICRO(MultimodalRecommender):
         projected = self.projector({m: self.features[m].weight for m in self.modalities})
         out = {}
         for m in self.modalities:
-            rows, cols, vals = learned_knn_edges(projected[m][1:], self.knn_k)  # real items (row 0: padding)
+            rows, cols, vals = graphs.learned_knn_edges(projected[m][1:], self.knn_k, "sym")  # real items (row 0: padding)
             init_rows, init_cols, init_vals = self.initial[m].edges()
             out[m] = (torch.cat([rows + 1, init_rows]), torch.cat([cols + 1, init_cols]),
                       torch.cat([(1 - self.lambda_coeff) * vals, self.lambda_coeff * init_vals]))

@@ -158,3 +158,30 @@ def test_objective_function_runs_mmgcl(tiny_dataset, run_config):
     result = objective_function(dict(run_config, data_path=data_path, epochs=1, model="MMGCL", dataset=name))
     assert result["model"] == "MMGCL"
     assert 0 <= result["test_result"]["recall@20"] <= 1
+
+
+def test_contrast_pairs_users_and_items_across_views(tiny_dataset):
+    data_path, name = tiny_dataset
+    _, m, train = _build("MMGCL", data_path, name)
+    m.train()
+    batch = next(iter(train))
+    user, pos, neg = batch["user_id"], batch["item_id"], batch["neg_item_id"]
+    torch.manual_seed(0)
+    view1, view2 = torch.randn(2, m.n_users + m.n_items, m.embedding_size * m.n_branches)
+    u1, i1, u2, i2 = view1[:m.n_users], view1[m.n_users:], view2[:m.n_users], view2[m.n_users:]
+    t, d = m.ssl_temp, m.embedding_size
+    m.hard_negative = False
+    plain = (info_nce(m.read_user(u1[user]), m.read_item(i2[pos]), t)
+             + info_nce(m.read_item(i1[pos]), m.read_user(u2[user]), t))
+    torch.testing.assert_close(m.ssl_loss(view1, view2, user, pos, neg), plain)
+    m.hard_negative = True
+    torch.manual_seed(4)
+    k = 1 + int(torch.randint(len(m.modalities), ()))  # the branch ssl_loss will swap
+    hard_i = i2[pos].clone()
+    hard_i[:, k * d:(k + 1) * d] = i2[neg][:, k * d:(k + 1) * d]  # the positive with the negative's branch k
+    hard_u = u2[user].clone()
+    hard_u[:, k * d:(k + 1) * d] = u2[user.roll(1)][:, k * d:(k + 1) * d]  # the user with the previous user's
+    expected = (info_nce_hard(m.read_user(u1[user]), m.read_item(i2[pos]), m.read_item(hard_i), t)
+                + info_nce_hard(m.read_item(i1[pos]), m.read_user(u2[user]), m.read_user(hard_u), t))
+    torch.manual_seed(4)
+    torch.testing.assert_close(m.ssl_loss(view1, view2, user, pos, neg), expected)

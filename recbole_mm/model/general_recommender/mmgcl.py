@@ -1,9 +1,12 @@
 """MMGCL (Yi, Wang, Ounis & Macdonald, SIGIR 2022): "Multi-modal Graph Contrastive Learning for
 Micro-video Recommendation".
 
-Written from the paper; no MMRec reference exists. A public MMGCL code (a ``GeneralRecommender``
-with ``ssl_task: ED+MM+CN``, from the authors' SLMRec lineage) was read for the encoder details
-the short paper leaves out; where it departs from the paper we follow the paper (listed below).
+No MMRec reference exists, and the paper's full text was not at hand (its abstract and a summary
+were): the model follows the paper's description -- modality edge dropout and modality masking as
+the two views, a modality-swapped negative -- and, for what that leaves open (encoder, fusion,
+which pairs are contrasted), a public MMGCL code (a ``GeneralRecommender`` with ``ssl_task:
+ED+MM+CN``, of the SLMRec lineage), read, not copied. Where the two differ, see below. The paper
+numbers no equations we could check, so none are cited.
 
 * Encoder: one LightGCN branch per view ``b`` -- the ID branch (user and item ID embeddings) and
   one per modality ``m``, whose item inputs are ``x_i^m = W_m f̂_i^m + b_m`` (L2-normalised features)
@@ -11,7 +14,7 @@ the short paper leaves out; where it departs from the paper we follow the paper 
   ``H_b = mean(H_b^0, Â H_b^0, ..., Â^L H_b^0)`` on the sym-normalised user-item graph ``Â``.
 * Fusion and score: ``z_u = W_u [h_u^id; h_u^m1; ...] + c_u``, ``z_i = W_i [h_i^id; ...] + c_i``;
   ``ŷ_ui = <z_u, z_i>``; the main task is BPR (``L_rec``).
-* Views (Sec. 2.2), drawn afresh for every batch from the global RNG
+* Views, drawn afresh for every batch from the global RNG
   (:mod:`recbole_mm.model.augment`):
   - modality edge dropout (view 1): every branch (ID included) propagates over its own,
     independently edge-dropped graph (rate ``edge_dropout``, re-normalised on the kept degrees);
@@ -19,14 +22,19 @@ the short paper leaves out; where it departs from the paper we follow the paper 
   - modality masking (view 2): one modality ``m ~ p_m`` (``mask_p``; uniform by default) has its
     item inputs replaced by randomly initialised embeddings (``mask_mode``) at the input layer,
     the other branches unchanged (the public code instead node-drops that branch's graph).
-* Negative sampling (Sec. 2.3): a hard negative of each anchor is its view-1 representation with
-  one modality branch (drawn uniformly) swapped -- for an item, with the BPR-sampled negative
-  item's branch (as in the public code); for a user, with another batch user's (the batch rolled by
-  one). It joins the in-batch negatives in the denominator (:func:`info_nce_hard`).
-* Objective (Eq. 1-3): ``L = L_rec + λ (L_ssl^user + L_ssl^item)``, each ``L_ssl`` the InfoNCE between
-  the two views' cosines at temperature ``τ`` (``ssl_temp``), ``λ = ssl_alpha``; Adam weight decay as
-  the only L2 (the public code has no explicit regulariser). The public code computes the
-  negative-sampling term but never adds it to the loss; we add it (``hard_negative: False`` drops it).
+* Contrast (each user-item pair gives two anchors, the user and the item): the
+  user of view 1 against its positive item of view 2, over the batch's items, and the item of
+  view 1 against the user of view 2, over the batch's users -- InfoNCE on cosines at temperature
+  ``τ`` (``ssl_temp``). The public code pairs view-1 users with view-1 and view-2 items; an SGL-style
+  same-node contrast (z'_u vs z''_u) was tried and made lfm2k's valid Recall@20 fall (0.06 -> 0.05
+  over 2 epochs, vs 0.12 -> 0.21 over 3 for this pairing).
+* Negative sampling: each positive gets one hard negative, itself with one modality
+  branch (drawn uniformly) swapped -- the item's with the BPR-sampled negative item's (as in the
+  public code), the user's with another batch user's (the batch rolled by one) -- added to the
+  InfoNCE denominator (:func:`info_nce_hard`). The public code computes this term but never adds
+  it to its loss; we add it (``hard_negative: False`` leaves it out).
+* Objective: ``L = L_rec + λ (L_ssl^user + L_ssl^item)``, ``λ = ssl_alpha``; Adam weight decay as
+  the only L2 (the public code has no explicit regulariser).
 * Inference: the full graph, no augmentation.
 """
 
@@ -120,15 +128,18 @@ class MMGCL(MultimodalRecommender):
         return view1, view2
 
     def ssl_loss(self, view1, view2, user, pos, neg) -> torch.Tensor:
+        """User-item InfoNCE across the views: a user of view 1 against its positive item of view 2 over
+        the batch's items (plus the item's hard negative), and the item of view 1 against the user of
+        view 2 over the batch's users (plus the user's hard negative)."""
         u1, i1 = split_users_items(view1, self.n_users)
         u2, i2 = split_users_items(view2, self.n_users)
         hard_u = hard_i = None
         if self.hard_negative:
             k = 1 + int(torch.randint(len(self.modalities), ()))  # the modality branch swapped
-            hard_u = self.read_user(swap_block(u1[user], self.branch(u1[user.roll(1)], k), k))
-            hard_i = self.read_item(swap_block(i1[pos], self.branch(i1[neg], k), k))
-        return (info_nce_hard(self.read_user(u1[user]), self.read_user(u2[user]), hard_u, self.ssl_temp)
-                + info_nce_hard(self.read_item(i1[pos]), self.read_item(i2[pos]), hard_i, self.ssl_temp))
+            hard_i = self.read_item(swap_block(i2[pos], self.branch(i2[neg], k), k))
+            hard_u = self.read_user(swap_block(u2[user], self.branch(u2[user.roll(1)], k), k))
+        return (info_nce_hard(self.read_user(u1[user]), self.read_item(i2[pos]), hard_i, self.ssl_temp)
+                + info_nce_hard(self.read_item(i1[pos]), self.read_user(u2[user]), hard_u, self.ssl_temp))
 
     def calculate_loss(self, interaction):
         user, pos, neg = interaction[self.USER_ID], interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]

@@ -123,8 +123,9 @@ class MMGCL(MultimodalRecommender):
         view1 = self.propagate(ego, [dropped[k] for k in range(self.n_branches)])
         masked = augment.choose_modality(self.modalities, self.mask_p)
         k = 1 + self.modalities.index(masked)
-        masked_ego = self.ego(augment.modality_mask(inputs, masked, self.mask_mode))
-        view2 = swap_block(full, lightgcn_propagate(self.adj, self.branch(masked_ego, k), self.n_layers), k)
+        x = augment.modality_mask(inputs, masked, self.mask_mode)[masked]  # the masked item inputs
+        h = lightgcn_propagate(self.adj, torch.cat([self.user_embedding.weight, x]), self.n_layers)
+        view2 = swap_block(full, h, k)  # only the masked branch differs from the full-graph one
         return view1, view2
 
     def ssl_loss(self, view1, view2, user, pos, neg) -> torch.Tensor:

@@ -9,9 +9,10 @@ factors weighs the ``M`` item-side modalities (the item ID counts as modality 0)
     a_k = softmax(W_2 tanh(W_1 [u_k; i_k; x_1k; ...]/||[u_k; i_k; x_1k; ...]|| + b_1))   (attention)
     r_ui = sum_k sum_m a_km softplus(u_k . x_mk)                                          (preference)
 
-Training (as the paper): ``L = sum softplus(-(r_ui - r_uj)) + lambda_c L_dcor`` with ``j`` the
-highest-scored of ``num_neg`` sampled negatives (RecBole's ``train_neg_sample_args.sample_num``),
-and ``L_dcor`` the distance correlation between every two factors of each representation (user ID,
+Training: the paper's pairwise loss plus disentangling, ``L = sum softplus(-(r_ui - r_uj)) +
+lambda_c L_dcor``; as in Cornac, ``j`` is the highest-scored of ``num_neg`` sampled negatives
+(RecBole's ``train_neg_sample_args.sample_num``; ``1`` gives the paper's single negative), and
+``L_dcor`` the distance correlation between every two factors of each representation (user ID,
 item ID, every modality), computed over the batch's positive rows; the L2 term is the optimiser's
 decoupled weight decay (AdamW), as in the Cornac code.
 
@@ -123,7 +124,8 @@ class DMRL(MultimodalRecommender):
         self.embedding_size = config["embedding_size"]
         self.n_factors = config["n_factors"]
         if self.embedding_size % self.n_factors:
-            raise ValueError(f"DMRL: embedding_size {self.embedding_size} must be a multiple of n_factors {self.n_factors}")
+            raise ValueError(f"DMRL: embedding_size {self.embedding_size} must be a multiple of "
+                             f"n_factors {self.n_factors}")
         self.dcor_weight = config["dcor_weight"]
         self.dcor_rows = config["dcor_rows"]
         neg_args = config["train_neg_sample_args"] or {}

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from recbole.data.interaction import Interaction
 
-from recbole_mm.model.general_recommender.dmrl import (
-    FactorModalityAttention, disentangle_loss, distance_correlation_matrix, split_factors)
+from recbole_mm.model.layers import FactorModalityAttention, split_factors
+from recbole_mm.model.loss import disentangle_loss, distance_correlation_matrix
 from tests.test_models import _build
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 FUSIONS = ("mean", "sum", "concat", "gate", "attention")
@@ -436,3 +437,55 @@ class AggregateCombine(nn.Module):
         if self.concat:
             return act(self.combine(torch.cat([h, x_hat], dim=1)))
         return act(self.combine(h) + x_hat)
+
+
+def split_factors(x: torch.Tensor, n_factors: int) -> torch.Tensor:
+    """``(..., D)`` -> ``(..., K, D / K)``: the K disentangled chunks of a representation."""
+    return x.view(*x.shape[:-1], n_factors, x.shape[-1] // n_factors)
+
+
+class FactorModalityAttention(nn.Module):
+    """DMRL's per-factor modality attention and preference (the disentangled-factor block).
+
+    Inputs are factorised representations: the user ``u`` ``(..., K, f)`` and ``M`` item-side ones
+    ``xs`` (item ID first, then the modalities) of the same shape. One attention net (``W_1``:
+    ``(M + 1) f -> M``, tanh, ``W_2``: ``M -> M`` without bias, softmax) is shared by all factors.
+    Its input is the L2-normalised concatenation ``z = [u_k; x_1k; ...; x_Mk]``; because
+    ``W_1 z / ||z|| = (W_1^u u_k + sum_m W_1^m x_mk) / sqrt(||u_k||^2 + sum_m ||x_mk||^2)``, the
+    user and item halves are computed separately, so full ranking never builds the concatenation
+    for every (user, item) pair (only ``B x N x K x M`` attention logits).
+
+    ``forward(u, xs)`` scores aligned rows (``u`` and ``xs`` both ``(R, K, f)``) -> ``(R,)``;
+    ``forward(u, xs, all_pairs=True)`` scores ``B`` users against ``N`` items -> ``(B, N)``.
+    ``attention(...)`` returns the weights ``a`` (``(R, K, M)`` or ``(B, N, K, M)``).
+    """
+
+    def __init__(self, factor_size: int, n_sources: int, dropout: float = 0.0):
+        super().__init__()
+        self.factor_size, self.n_sources = factor_size, n_sources
+        self.hidden = nn.Linear((n_sources + 1) * factor_size, n_sources)  # W_1, b_1
+        self.out = nn.Linear(n_sources, n_sources, bias=False)  # W_2
+        self.dropout = nn.Dropout(dropout)
+
+    def _halves(self, u, xs):
+        w = self.hidden.weight.split(self.factor_size, dim=1)  # W_1^u, W_1^1, ..., W_1^M
+        user_part = u @ w[0].T
+        item_part = sum(x @ wm.T for x, wm in zip(xs, w[1:]))
+        return user_part, u.square().sum(-1), item_part, sum(x.square().sum(-1) for x in xs)
+
+    def attention(self, u, xs, all_pairs: bool = False):
+        user_part, user_sq, item_part, item_sq = self._halves(u, xs)
+        if all_pairs:  # (B, 1, K, .) against (1, N, K, .)
+            user_part, user_sq = user_part.unsqueeze(1), user_sq.unsqueeze(1)
+            item_part, item_sq = item_part.unsqueeze(0), item_sq.unsqueeze(0)
+        norm = (user_sq + item_sq).sqrt().clamp_min(1e-12).unsqueeze(-1)  # F.normalize's eps
+        logits = self.out(self.dropout(torch.tanh((user_part + item_part) / norm + self.hidden.bias)))
+        return logits.softmax(-1)
+
+    def forward(self, u, xs, all_pairs: bool = False):
+        weights = self.attention(u, xs, all_pairs)
+        if all_pairs:
+            dots = torch.stack([torch.einsum("bkf,nkf->bnk", u, x) for x in xs], dim=-1)
+        else:
+            dots = torch.stack([(u * x).sum(-1) for x in xs], dim=-1)
+        return (weights * F.softplus(dots)).sum((-1, -2))

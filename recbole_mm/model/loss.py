@@ -227,3 +227,28 @@ def joint_bpr(table: torch.Tensor, user: torch.Tensor, pos: torch.Tensor, neg: t
     """BPR on a joint ``(users; items)`` representation table (users first, items offset by ``n_users``)."""
     u = table[user]
     return bpr_loss((u * table[pos + n_users]).sum(1), (u * table[neg + n_users]).sum(1))
+
+
+def distance_correlation_matrix(factors: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``(K, K)`` distance correlations between the K factors of ``factors`` ``(n, K, f)``.
+
+    Per factor the ``n x n`` Euclidean distance matrix (``sqrt(max(d^2, eps))``) is double-centred
+    (row, column and grand mean); ``dCov^2(k, l) = <A_k, A_l> / n^2`` (clamped at ``eps`` before the
+    square root) and ``dCor(k, l) = dCov(k, l) / sqrt(dCov(k, k) dCov(l, l))`` (Szekely et al.)."""
+    x = factors.transpose(0, 1)  # (K, n, f)
+    sq = x.square().sum(-1)
+    dist = (sq.unsqueeze(2) - 2 * x @ x.transpose(1, 2) + sq.unsqueeze(1)).clamp_min(eps).sqrt()
+    centred = dist - dist.mean(2, keepdim=True) - dist.mean(1, keepdim=True) + dist.mean((1, 2), keepdim=True)
+    n = x.shape[1]
+    cov = (torch.einsum("knm,lnm->kl", centred, centred) / (n * n)).clamp_min(eps).sqrt()
+    var = cov.diagonal()
+    return cov / (var.unsqueeze(0) * var.unsqueeze(1)).sqrt()
+
+
+def disentangle_loss(factor_sets, eps: float = 1e-5) -> torch.Tensor:
+    """``sum`` over representations and over factor pairs ``k < l`` of ``dCor``, divided by
+    ``K (K + 1) / 2`` (Cornac's normaliser)."""
+    n_factors = factor_sets[0].shape[1]
+    upper = torch.triu(torch.ones(n_factors, n_factors, dtype=torch.bool, device=factor_sets[0].device), 1)
+    total = sum(distance_correlation_matrix(f, eps)[upper].sum() for f in factor_sets)
+    return total / (n_factors * (n_factors + 1) / 2)

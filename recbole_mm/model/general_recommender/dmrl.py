@@ -37,83 +37,8 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-
-
-def split_factors(x: torch.Tensor, n_factors: int) -> torch.Tensor:
-    """``(..., D)`` -> ``(..., K, D / K)``: the K disentangled chunks of a representation."""
-    return x.view(*x.shape[:-1], n_factors, x.shape[-1] // n_factors)
-
-
-class FactorModalityAttention(nn.Module):
-    """DMRL's per-factor modality attention and preference (the disentangled-factor block).
-
-    Inputs are factorised representations: the user ``u`` ``(..., K, f)`` and ``M`` item-side ones
-    ``xs`` (item ID first, then the modalities) of the same shape. One attention net (``W_1``:
-    ``(M + 1) f -> M``, tanh, ``W_2``: ``M -> M`` without bias, softmax) is shared by all factors.
-    Its input is the L2-normalised concatenation ``z = [u_k; x_1k; ...; x_Mk]``; because
-    ``W_1 z / ||z|| = (W_1^u u_k + sum_m W_1^m x_mk) / sqrt(||u_k||^2 + sum_m ||x_mk||^2)``, the
-    user and item halves are computed separately, so full ranking never builds the concatenation
-    for every (user, item) pair (only ``B x N x K x M`` attention logits).
-
-    ``forward(u, xs)`` scores aligned rows (``u`` and ``xs`` both ``(R, K, f)``) -> ``(R,)``;
-    ``forward(u, xs, all_pairs=True)`` scores ``B`` users against ``N`` items -> ``(B, N)``.
-    ``attention(...)`` returns the weights ``a`` (``(R, K, M)`` or ``(B, N, K, M)``).
-    """
-
-    def __init__(self, factor_size: int, n_sources: int, dropout: float = 0.0):
-        super().__init__()
-        self.factor_size, self.n_sources = factor_size, n_sources
-        self.hidden = nn.Linear((n_sources + 1) * factor_size, n_sources)  # W_1, b_1
-        self.out = nn.Linear(n_sources, n_sources, bias=False)  # W_2
-        self.dropout = nn.Dropout(dropout)
-
-    def _halves(self, u, xs):
-        w = self.hidden.weight.split(self.factor_size, dim=1)  # W_1^u, W_1^1, ..., W_1^M
-        user_part = u @ w[0].T
-        item_part = sum(x @ wm.T for x, wm in zip(xs, w[1:]))
-        return user_part, u.square().sum(-1), item_part, sum(x.square().sum(-1) for x in xs)
-
-    def attention(self, u, xs, all_pairs: bool = False):
-        user_part, user_sq, item_part, item_sq = self._halves(u, xs)
-        if all_pairs:  # (B, 1, K, .) against (1, N, K, .)
-            user_part, user_sq = user_part.unsqueeze(1), user_sq.unsqueeze(1)
-            item_part, item_sq = item_part.unsqueeze(0), item_sq.unsqueeze(0)
-        norm = (user_sq + item_sq).sqrt().clamp_min(1e-12).unsqueeze(-1)  # F.normalize's eps
-        logits = self.out(self.dropout(torch.tanh((user_part + item_part) / norm + self.hidden.bias)))
-        return logits.softmax(-1)
-
-    def forward(self, u, xs, all_pairs: bool = False):
-        weights = self.attention(u, xs, all_pairs)
-        if all_pairs:
-            dots = torch.stack([torch.einsum("bkf,nkf->bnk", u, x) for x in xs], dim=-1)
-        else:
-            dots = torch.stack([(u * x).sum(-1) for x in xs], dim=-1)
-        return (weights * F.softplus(dots)).sum((-1, -2))
-
-
-def distance_correlation_matrix(factors: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """``(K, K)`` distance correlations between the K factors of ``factors`` ``(n, K, f)``.
-
-    Per factor the ``n x n`` Euclidean distance matrix (``sqrt(max(d^2, eps))``) is double-centred
-    (row, column and grand mean); ``dCov^2(k, l) = <A_k, A_l> / n^2`` (clamped at ``eps`` before the
-    square root) and ``dCor(k, l) = dCov(k, l) / sqrt(dCov(k, k) dCov(l, l))`` (Szekely et al.)."""
-    x = factors.transpose(0, 1)  # (K, n, f)
-    sq = x.square().sum(-1)
-    dist = (sq.unsqueeze(2) - 2 * x @ x.transpose(1, 2) + sq.unsqueeze(1)).clamp_min(eps).sqrt()
-    centred = dist - dist.mean(2, keepdim=True) - dist.mean(1, keepdim=True) + dist.mean((1, 2), keepdim=True)
-    n = x.shape[1]
-    cov = (torch.einsum("knm,lnm->kl", centred, centred) / (n * n)).clamp_min(eps).sqrt()
-    var = cov.diagonal()
-    return cov / (var.unsqueeze(0) * var.unsqueeze(1)).sqrt()
-
-
-def disentangle_loss(factor_sets, eps: float = 1e-5) -> torch.Tensor:
-    """``sum`` over representations and over factor pairs ``k < l`` of ``dCor``, divided by
-    ``K (K + 1) / 2`` (Cornac's normaliser)."""
-    n_factors = factor_sets[0].shape[1]
-    upper = torch.triu(torch.ones(n_factors, n_factors, dtype=torch.bool, device=factor_sets[0].device), 1)
-    total = sum(distance_correlation_matrix(f, eps)[upper].sum() for f in factor_sets)
-    return total / (n_factors * (n_factors + 1) / 2)
+from recbole_mm.model.layers import FactorModalityAttention, split_factors
+from recbole_mm.model.loss import disentangle_loss
 
 
 class DMRL(MultimodalRecommender):

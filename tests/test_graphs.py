@@ -147,3 +147,23 @@ def test_faiss_backend_matches_torch(include_self):
     assert torch.equal(auto, graphs.knn_indices(feats, 5)[0])
     with pytest.raises(ValueError, match="not one of"):
         graphs.knn_indices(feats, 5, backend="annoy")
+
+
+def test_learned_knn_edges_gradient_is_deterministic_with_threads():
+    """Repeated neighbours must not make the feature gradient depend on thread scheduling."""
+    from recbole_mm.data.graphs import learned_knn_edges
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        base = torch.randn(800, 16, generator=torch.Generator().manual_seed(0))
+        weights = torch.randn(800 * 8, generator=torch.Generator().manual_seed(1))
+        grads = []
+        for _ in range(4):
+            f = base.clone().requires_grad_()
+            _, _, values = learned_knn_edges(f, 8, "sym")
+            (values * weights).sum().backward()
+            grads.append(f.grad)
+        assert all(torch.equal(grads[0], g) for g in grads[1:])
+    finally:
+        torch.set_num_threads(threads)

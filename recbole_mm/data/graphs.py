@@ -204,7 +204,9 @@ def learned_knn_edges(features: torch.Tensor, k: int, normalization: str | None 
     rows = torch.arange(features.shape[0], device=features.device).repeat_interleave(nbr.shape[1])
     cols = nbr.reshape(-1)
     normed = F.normalize(features, dim=1)
-    sims = (normed[rows] * normed[cols]).sum(1)
+    # index_select, not normed[cols]: the backward of advanced indexing (index_put_ with accumulate)
+    # is not deterministic on CPU with several threads when indices repeat; index_select's is
+    sims = (normed.index_select(0, rows) * normed.index_select(0, cols)).sum(1)
     if normalization is None:
         return rows, cols, sims
     return rows, cols, normalize_edges(rows, cols, sims, features.shape[0], mode=normalization)

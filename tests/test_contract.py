@@ -121,3 +121,14 @@ def test_sparse_operator_edges_and_transpose():
     x = torch.randn(3, 2, requires_grad=True)
     (op @ x).sum().backward()
     torch.testing.assert_close(x.grad, coo.to_dense().T @ torch.ones(3, 2))
+
+
+@pytest.mark.parametrize("model", sorted(plugin_models()))
+def test_every_model_runs_under_run_hyper(tiny_dataset, run_config, model):
+    """run_hyper.py's objective trains and scores every plugin model (one epoch)."""
+    from recbole_mm.quick_start import objective_function
+
+    data_path, name = tiny_dataset
+    result = objective_function(dict(run_config, data_path=data_path, epochs=1, model=model, dataset=name))
+    assert result["model"] == model and 0 <= result["test_result"]["recall@20"] <= 1
+    assert result["best_valid_score"] == result["best_valid_score"]  # not NaN

@@ -12,7 +12,7 @@ from recbole_mm.model.general_recommender import itemknncbf
 from recbole_mm.model.general_recommender.itemknncbf import csr_dense_rows, shrunk_cosine_knn
 from recbole_mm.model.layers import refined_propagate
 from recbole_mm.model.layers import SparseOperator
-from recbole_mm.quick_start import objective_function, run_recbole_mm
+from recbole_mm.quick_start import run_recbole_mm
 from tests.test_models import _build
 
 
@@ -190,7 +190,7 @@ def test_selfcf_graph_dropout(tiny_dataset):
     assert not g.symmetric
 
 
-# -- both collaborative models: ID-only data, seeds, run_hyper's objective -------------------------
+# -- both collaborative models: ID-only data, seeds ------------------------------------------------
 @pytest.mark.parametrize("model", ["LayerGCN", "SelfCF"])
 def test_collaborative_models_run_without_modalities_reproducibly(tiny_dataset, run_config, model):
     data_path, name = tiny_dataset
@@ -199,10 +199,3 @@ def test_collaborative_models_run_without_modalities_reproducibly(tiny_dataset, 
     second = run_recbole_mm(model, name, config_dict=cfg, print_result=False)
     assert first["test_result"] == second["test_result"]
     assert 0 <= first["test_result"]["recall@20"] <= 1
-
-
-@pytest.mark.parametrize("model", ["ItemKNNCBF", "LayerGCN", "SelfCF"])
-def test_objective_function(tiny_dataset, run_config, model):
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, data_path=data_path, epochs=1, model=model, dataset=name))
-    assert result["model"] == model and 0 <= result["test_result"]["recall@20"] <= 1

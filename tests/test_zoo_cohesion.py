@@ -1,5 +1,5 @@
 """COHESION on tiny data: early fusion, adaptive weights, the composite GCN and the loss against hand
-computations; the detached ID branch, edge dropout, seeds, checkpoints and run_hyper's objective."""
+computations; the detached ID branch, edge dropout, seeds, checkpoints."""
 
 import math
 
@@ -145,11 +145,3 @@ def test_same_seed_same_numbers_and_checkpoint(tiny_dataset):
     a.load_state_dict(state)  # brings back the draw the scores were made with
     a.eval()
     torch.testing.assert_close(a.full_sort_predict(users), scores)
-
-
-def test_objective_function_one_epoch(tiny_dataset, run_config):
-    from recbole_mm.quick_start import objective_function
-
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, data_path=data_path, epochs=1, model="COHESION", dataset=name))
-    assert result["model"] == "COHESION" and 0 <= result["test_result"]["recall@20"] <= 1

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from recbole_mm.model.general_recommender.damrs import (behaviour_graph, consistent_knn_graphs,
                                                          feedback_weights, graded_neighbour_loss,
                                                          graded_positives, symmetric_bernoulli_kl)
-from recbole_mm.quick_start import objective_function
 from tests.test_models import _build
 
 
@@ -179,9 +178,3 @@ def test_graphs_and_inference(tiny_dataset):
     _, m2, _ = _build("DAMRS", data_path, name, knn_k=4)
     for g, h in zip((*m.modal_graphs.values(), m.behaviour), (*m2.modal_graphs.values(), m2.behaviour)):
         torch.testing.assert_close(g.csr.to_dense(), h.csr.to_dense())
-
-
-def test_objective_function(tiny_dataset, run_config):
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, data_path=data_path, epochs=1, model="DAMRS", dataset=name))
-    assert result["model"] == "DAMRS" and 0 <= result["test_result"]["recall@20"] <= 1

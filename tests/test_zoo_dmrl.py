@@ -1,6 +1,6 @@
 """DMRL and its blocks: the factor split, the per-factor modality attention against the naive
 concatenate-and-normalise form and a hand computation, the distance correlation against its
-definition, the hardest-negative loss, determinism, a run through objective_function."""
+definition, the hardest-negative loss, determinism."""
 
 import math
 
@@ -121,10 +121,3 @@ def test_embedding_not_multiple_of_factors(tiny_dataset):
     data_path, name = tiny_dataset
     with pytest.raises(ValueError, match="multiple"):
         _build("DMRL", data_path, name, embedding_size=10, n_factors=4)
-
-
-def test_objective_function_runs(tiny_dataset, run_config):
-    from recbole_mm.quick_start import objective_function
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, data_path=data_path, epochs=1, model="DMRL", dataset=name))
-    assert 0 <= result["test_result"]["recall@20"] <= 1

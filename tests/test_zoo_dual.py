@@ -222,15 +222,6 @@ def test_same_seed_same_numbers_and_epoch_resampling(tiny_dataset, model):
     torch.testing.assert_close(after.sum(1), before.sum(1))
 
 
-@pytest.mark.parametrize("model", ["DualGNN", "DRAGON"])
-def test_objective_function_one_epoch(tiny_dataset, run_config, model):
-    from recbole_mm.quick_start import objective_function
-
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, data_path=data_path, epochs=1, model=model, dataset=name))
-    assert result["model"] == model and 0 <= result["test_result"]["recall@20"] <= 1
-
-
 def test_bad_construction(tiny_dataset):
     data_path, name = tiny_dataset
     with pytest.raises(ValueError, match="construction"):

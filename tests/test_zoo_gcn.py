@@ -1,5 +1,5 @@
 """MMGCN and GRCN, and the layers they add (EdgeGraph, AggregateCombine): hand computations on a
-few numbers, gradients, determinism, a run through objective_function."""
+few numbers, gradients, determinism."""
 
 import pytest
 import torch
@@ -219,12 +219,3 @@ def test_same_seed_same_numbers(tiny_dataset, model):
         losses.append((loss.detach(), m.inference_embeddings()[0]))
     torch.testing.assert_close(losses[0][0], losses[1][0], rtol=0, atol=0)
     torch.testing.assert_close(losses[0][1], losses[1][1], rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("model", ["MMGCN", "GRCN"])
-def test_objective_function_one_epoch(tiny_dataset, run_config, model):
-    from recbole_mm.quick_start import objective_function
-
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, model=model, dataset=name, data_path=data_path, epochs=1))
-    assert result["model"] == model and 0 <= result["test_result"]["recall@20"] <= 1

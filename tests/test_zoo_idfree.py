@@ -1,5 +1,5 @@
 """IDFREE and its blocks: hand computations on a few numbers, the graphs it builds, determinism, no
-ID tables, a run through objective_function."""
+ID tables."""
 
 import math
 
@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recbole_mm.data import graphs
 from recbole_mm.model.general_recommender.idfree import (
     EdgeScorer, batch_softmax_loss, clipped_sym_norm, edge_lightgcn, weighted_edge_sample)
 from recbole_mm.model.layers import sinusoidal_encoding
@@ -197,11 +196,3 @@ def test_idfree_ablations_run(tiny_dataset):
         m.eval()
         u, i = m.inference_embeddings()
         assert torch.isfinite(u).all() and torch.isfinite(i).all()
-
-
-def test_objective_function_one_epoch(tiny_dataset, run_config):
-    from recbole_mm.quick_start import objective_function
-
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, model="IDFREE", dataset=name, data_path=data_path, epochs=1))
-    assert result["model"] == "IDFREE" and 0 <= result["test_result"]["recall@20"] <= 1

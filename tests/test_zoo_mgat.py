@@ -1,5 +1,5 @@
 """MGAT: the gated attention, one layer, the branches, pooling and loss against hand computations on a
-few numbers; gradients, determinism, a run through objective_function."""
+few numbers; gradients, determinism."""
 
 import math
 
@@ -163,11 +163,3 @@ def test_mgat_same_seed_same_numbers(tiny_dataset):
         results.append((loss.detach(), m.inference_embeddings()[1]))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
-
-
-def test_mgat_objective_function_one_epoch(tiny_dataset, run_config):
-    from recbole_mm.quick_start import objective_function
-
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, model="MGAT", dataset=name, data_path=data_path, epochs=1))
-    assert result["model"] == "MGAT" and 0 <= result["test_result"]["recall@20"] <= 1

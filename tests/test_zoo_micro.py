@@ -1,6 +1,6 @@
 """MICRO and its blocks (learned_knn_edges, intra_inter_info_nce): hand computations on a few numbers,
 the item graphs and forward pass against dense matrices, the loss, the graph's gradient on an epoch's
-first batch only, determinism, a run through objective_function."""
+first batch only, determinism."""
 
 import math
 
@@ -162,12 +162,3 @@ def test_same_seed_same_numbers(tiny_dataset):
         runs.append((loss.detach(), m.inference_embeddings()[1]))
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=0)
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=0, atol=0)
-
-
-def test_objective_function_one_epoch(tiny_dataset, run_config):
-    from recbole_mm.quick_start import objective_function
-
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, model="MICRO", dataset=name, data_path=data_path, epochs=1))
-    assert result["model"] == "MICRO" and 0 <= result["test_result"]["recall@20"] <= 1
-    assert not math.isnan(result["best_valid_score"])

@@ -1,5 +1,5 @@
 """MMGCF: the fusion (every fusion_mode x weighting) by hand, LightGCN and the loss against dense
-computations, per-epoch degree-sensitive dropout, determinism, a run through objective_function."""
+computations, per-epoch degree-sensitive dropout, determinism."""
 
 import itertools
 
@@ -183,11 +183,3 @@ def test_bad_settings_fail_clearly(tiny):
     _, m, _ = _build("MMGCF", data_path, name, feat_embed_dim=8, fusion_mode="concat")  # concat: any size
     assert m.mm_concat.in_features == 16 and m.id_mm_concat.in_features == 16 + 8
     assert m.calculate_loss(_batch(m)).isfinite()
-
-
-def test_objective_function_one_epoch(tiny, run_config):
-    from recbole_mm.quick_start import objective_function
-
-    data_path, name = tiny
-    result = objective_function(dict(run_config, model="MMGCF", dataset=name, data_path=data_path, epochs=1))
-    assert result["model"] == "MMGCF" and 0 <= result["test_result"]["recall@20"] <= 1

@@ -1,6 +1,5 @@
 """MMGCL: its blocks against hand computations, the encoder against dense matrices, the two views
-(modality edge dropout, modality masking) and the hard negatives, the loss, determinism, and a run
-through objective_function."""
+(modality edge dropout, modality masking) and the hard negatives, the loss, determinism."""
 
 import math
 
@@ -149,15 +148,6 @@ def test_bad_options_are_refused(tiny_dataset):
         _build("MMGCL", data_path, name, mask_mode="blur")
     with pytest.raises(ValueError, match="modality weights"):
         _build("MMGCL", data_path, name, mask_p={"audio": 1.0})
-
-
-def test_objective_function_runs_mmgcl(tiny_dataset, run_config):
-    from recbole_mm.quick_start import objective_function
-
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, data_path=data_path, epochs=1, model="MMGCL", dataset=name))
-    assert result["model"] == "MMGCL"
-    assert 0 <= result["test_result"]["recall@20"] <= 1
 
 
 def test_contrast_pairs_users_and_items_across_views(tiny_dataset):

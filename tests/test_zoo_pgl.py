@@ -166,13 +166,3 @@ def test_same_seed_same_numbers(tiny_dataset):
         m.pre_epoch_processing()
         losses.append(m.calculate_loss(next(iter(train))).item())
     assert losses[0] == losses[1]
-
-
-@pytest.mark.parametrize("mode", ["local", "global"])
-def test_objective_function_runs(tiny_dataset, run_config, mode):
-    from recbole_mm.quick_start import objective_function
-
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, data_path=data_path, model="PGL", dataset=name, epochs=1,
-                                     principal_mode=mode, reg_weight=0.05))
-    assert 0 <= result["test_result"]["recall@20"] <= 1

@@ -235,12 +235,3 @@ def test_slmrec_augmented_tasks_train_and_repeat(tiny_dataset, task):
         m.train()
         ego = m.ego_views()
         assert not torch.allclose(m.propagate_views(ego, 0.3), m.propagate_views(ego, 0.3))
-
-
-@pytest.mark.parametrize("model", ["MVGAE", "SLMRec"])
-def test_objective_function_one_epoch(tiny_dataset, run_config, model):
-    from recbole_mm.quick_start import objective_function
-
-    data_path, name = tiny_dataset
-    result = objective_function(dict(run_config, model=model, dataset=name, data_path=data_path, epochs=1))
-    assert result["model"] == model and 0 <= result["test_result"]["recall@20"] <= 1

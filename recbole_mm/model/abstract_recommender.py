@@ -61,6 +61,9 @@ class MultimodalRecommender(GeneralRecommender):
     #: ``False`` for the collaborative baselines MMRec ships beside the multimodal models (LayerGCN,
     #: SelfCF): they use no item feature, so they also run on ID-only data.
     uses_modalities = True
+    #: ``True`` where an item's representation comes from its content, so that items without a training
+    #: interaction still get meaningful scores (``cold_items`` reports their metrics); ID-only: ``False``.
+    scores_cold_items = False
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

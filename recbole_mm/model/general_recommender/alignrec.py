@@ -34,6 +34,7 @@ from recbole_mm.model.loss import bpr_loss, contrastive_dtype, info_nce, similar
 
 
 class AlignRec(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

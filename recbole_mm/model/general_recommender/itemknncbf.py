@@ -68,6 +68,7 @@ def csr_dense_rows(csr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 class ItemKNNCBF(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.POINTWISE  # nothing is trained: train_neg_sample_args: ~
     type = ModelType.TRADITIONAL  # one pass of the trainer (TraditionalTrainer), like RecBole's ItemKNN
 

@@ -32,6 +32,7 @@ from recbole_mm.model.loss import bpr_l2, info_nce
 
 
 class USERec(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

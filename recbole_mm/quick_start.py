@@ -17,6 +17,7 @@ from recbole.utils import init_logger, init_seed, set_color
 from recbole_mm.compat import load_checkpoint
 from recbole_mm.config import Config
 from recbole_mm.data import create_dataset, data_preparation
+from recbole_mm.data.coldstart import cold_warm_results
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
 from recbole_mm.pretrain import provide_features
 from recbole_mm.utils import get_model, get_trainer
@@ -74,6 +75,7 @@ def run_recbole_mm(
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    cold_warm = cold_warm_results(model_obj, test_data, config)
     result = {
         "model": config["model"],
         "best_valid_score": best_valid_score,
@@ -83,9 +85,20 @@ def run_recbole_mm(
         "epoch_log": getattr(trainer, "epoch_log", []),
         "config": config,
     }
+    if cold_warm is not None:  # cold_items: the test ranking restricted to cold / warm items
+        result["cold_test_result"], result["warm_test_result"] = cold_warm["cold"], cold_warm["warm"]
+        if cold_warm["cold"] is None:
+            logger.warning(f"{config['model']} cannot score items unseen in training (ID-only: no "
+                           "scores_cold_items): no cold-item metrics, only the warm ones")
+        for name in ("cold", "warm"):
+            logger.info(set_color(f"{name} test  ", "yellow") + f": {cold_warm[name]}")
     if print_result and config["local_rank"] == 0:
         print("VALID_RESULT " + json.dumps(_jsonable(best_valid_result)), flush=True)
         print("TEST_RESULT " + json.dumps(_jsonable(test_result)), flush=True)
+        if cold_warm is not None:
+            if cold_warm["cold"] is not None:
+                print("COLD_TEST_RESULT " + json.dumps(_jsonable(cold_warm["cold"])), flush=True)
+            print("WARM_TEST_RESULT " + json.dumps(_jsonable(cold_warm["warm"])), flush=True)
     if not config["single_spec"]:
         dist.destroy_process_group()
     if config["local_rank"] == 0 and queue is not None:

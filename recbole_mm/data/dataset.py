@@ -131,9 +131,20 @@ class MultimodalDataset(Dataset):
         )
 
     def build(self):
-        """RecBole's split; then the ``neighbour`` missing-modality policy, which must only see
-        training interactions. Split datasets share ``item_features``, so all of them get it."""
-        built = super().build()
+        """RecBole's split; with ``cold_items``, that share of items moved out of train and valid
+        (:mod:`recbole_mm.data.coldstart`); then the ``neighbour`` missing-modality policy, which must
+        only see training interactions. Split datasets share ``item_features``, so all of them get it."""
+        from recbole_mm.data.coldstart import cold_ratio, cold_split, pick_cold_items
+
+        ratio = cold_ratio(self.config)
+        self.cold_items = pick_cold_items(self.item_num, ratio, self.config["seed"]) if ratio else None
+        built = super().build()  # the parts are copies of self: they share cold_items
+        if self.cold_items is not None:
+            n_test = len(built[2])
+            built = cold_split(built, self.cold_items, self.iid_field)
+            self.logger.info(set_color("cold items", "blue") + f": {len(self.cold_items)} of {self.item_num - 1} "
+                             f"items (cold_items={ratio}, seed {self.config['seed']}); their "
+                             f"{len(built[2]) - n_test} train/valid interactions moved to test")
         if (self.config["missing_modality"] or "mean") == "neighbour" and self.item_features:
             train = built[0].inter_feat
             users = train[self.uid_field].numpy()

@@ -1,19 +1,26 @@
 """Hyper-parameter search: RecBole's HyperTuning (hyperopt) driving recbole_mm's objective.
 
-    python run_hyper.py --model=FREEDOM --dataset=lfm2k --data_path=DIR --params_file=hyper.test
-                        [--max_evals=N] [--algo=exhaustive|random|bayes] [--early_stop=N]
+    python run_hyper.py --model=FREEDOM --dataset=lfm2k --data_path=DIR [--params_file=hyper.test]
+                        [--budget=N] [--max_evals=N] [--algo=exhaustive|random|bayes] [--early_stop=N]
                         [--output_file=hyper_result.md] [--config_files="a.yaml b.yaml"] [--key=value ...]
 
-The params file is RecBole's format, one parameter a line: ``learning_rate choice [0.01,0.001]``,
-``reg_weight loguniform -9,-3``, ``dropout uniform 0,0.5`` ... Trials are ranked on the valid
-metric (``valid_metric``, Recall@20 by default): test numbers are reported, never used to select.
+Without ``--params_file`` the search runs over the space that ships with the model (its yaml's
+``search_space:`` block, or ``properties/baselines/<Model>.yaml`` for a RecBole built-in; see
+:mod:`recbole_mm.search_space`). The params file is RecBole's format, one parameter a line:
+``learning_rate choice [0.01,0.001]``, ``reg_weight loguniform -9,-3``, ``dropout uniform 0,0.5`` ...
+``--budget N`` caps the trials: for a grid (exhaustive) a seeded random subset of N grid points
+(seed: ``--seed``, else the configuration's ``seed``), for random/bayes N evaluations. Trials are
+ranked on the valid metric (``valid_metric``, Recall@20 by default): test numbers are reported,
+never used to select.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from functools import partial
 
 from recbole_mm.compat import hyper_tuning_class
 from recbole_mm.io import atomic_write_text
@@ -25,7 +32,10 @@ def build_parser():
     parser = argparse.ArgumentParser(description="hyperopt search over a recbole_mm or RecBole model")
     parser.add_argument("--model", required=True)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--params_file", required=True, help="search space, RecBole's params file format")
+    parser.add_argument("--params_file", default=None,
+                        help="search space, RecBole's params file format (default: the model's shipped space)")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="at most N trials: a seeded random subset of the grid (exhaustive), N evaluations otherwise")
     parser.add_argument("--config_files", default=None, help="space-separated fixed yaml files")
     parser.add_argument("--algo", default="exhaustive", choices=["exhaustive", "random", "bayes"])
     parser.add_argument("--max_evals", type=int, default=100, help="trials for random/bayes (exhaustive: all)")
@@ -54,6 +64,72 @@ def result_table(tuner, metric_keys=("recall@20", "ndcg@20")) -> str:
     return "\n".join(lines) + "\n"
 
 
+def subset_search(new_ids, domain, trials, seed, names, points):
+    """A hyperopt ``algo`` that tries the grid points ``points`` (index tuples over ``names``) in
+    order, skipping those already tried: :func:`recbole_mm.compat.grid_search` over a subset."""
+    from hyperopt.base import miscs_update_idxs_vals
+
+    seen = {tuple(t["misc"]["vals"][n][0] for n in names) for t in trials.trials}
+    remaining = (p for p in points if p not in seen)
+    docs = []
+    for new_id in new_ids:
+        point = next(remaining, None)
+        if point is None:
+            break
+        misc = dict(tid=new_id, cmd=domain.cmd, workdir=domain.workdir)
+        miscs_update_idxs_vals([misc], {n: [new_id] for n in names}, {n: [v] for n, v in zip(names, point)})
+        docs.extend(trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc]))
+    return docs
+
+
+def search_seed(extra_argv, config_files=None) -> int:
+    """The seed that draws a budgeted grid subset: ``--seed=N`` among the overrides, else the
+    fixed config files' ``seed``, else recbole_mm's default (``properties/overall.yaml``)."""
+    import yaml
+
+    from recbole_mm.config import properties_dir
+
+    for item in reversed(extra_argv):
+        if item.startswith("--seed="):
+            return int(item.split("=", 1)[1])
+    for path in reversed(config_files or []):
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        if "seed" in data:
+            return int(data["seed"])
+    with open(properties_dir() / "overall.yaml", encoding="utf-8") as fh:
+        return int(yaml.safe_load(fh)["seed"])
+
+
+def build_tuner(args, objective, files, extra_argv):
+    """RecBole's HyperTuning over the params file or the shipped space, capped by ``--budget``;
+    returns ``(tuner, description of the space)``."""
+    from recbole.trainer.hyper_tuning import _spacesize
+
+    from recbole_mm import search_space
+
+    if args.params_file:
+        source, space_kwargs = args.params_file, {"params_file": args.params_file}
+    else:
+        space = search_space.load_space(args.model)
+        source = f"shipped space ({search_space.space_file(args.model).name})"
+        space_kwargs = {"params_dict": {"choice": space}}
+    max_evals = args.budget if args.budget is not None and args.algo != "exhaustive" else args.max_evals
+    tuner = hyper_tuning_class()(objective, algo=args.algo, early_stop=args.early_stop, max_evals=max_evals,
+                                 fixed_config_file_list=files, **space_kwargs)
+    if args.algo == "exhaustive" and args.budget is not None:
+        order = list(tuner.space)  # the file's / yaml's order, as the leaderboard samples it
+        sizes = [_spacesize({n: tuner.space[n]}) for n in order]
+        seed = search_seed(extra_argv, files)
+        chosen = search_space.sample_indices(sizes, args.budget, seed)
+        names = sorted(order)  # hyperopt's (and grid_search's) order
+        points = [tuple(p[order.index(n)] for n in names) for p in chosen]
+        tuner.algo = partial(subset_search, names=names, points=points)
+        tuner.max_evals = len(points)
+        source += f", {len(points)} of {math.prod(sizes)} grid points (seed {seed})"
+    return tuner, source
+
+
 def main(argv=None) -> int:
     """``run_hyper.py``: exit status 0, or 2 after one line ``error: ...`` on stderr for bad input."""
     import logging
@@ -65,7 +141,7 @@ def main(argv=None) -> int:
     logging.getLogger("hyperopt.fmin").setLevel(logging.CRITICAL)
 
     def search(argv):
-        args, _ = build_parser().parse_known_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
         files = args.config_files.strip().split(" ") if args.config_files else None
         args.model = canonical_model_name(args.model)
         fixed = {"model": args.model, "dataset": args.dataset}
@@ -73,17 +149,15 @@ def main(argv=None) -> int:
         def objective(config_dict, config_file_list):
             return objective_function({**fixed, **(config_dict or {})}, config_file_list)
 
-        tuner = hyper_tuning_class()(
-            objective, algo=args.algo, early_stop=args.early_stop, max_evals=args.max_evals,
-            params_file=args.params_file, fixed_config_file_list=files,
-        )
+        tuner, source = build_tuner(args, objective, files, extra)
         tuner.run()
         table = result_table(tuner)
         best = {k: (v.item() if hasattr(v, "item") else v) for k, v in (tuner.best_params or {}).items()}
         best_result = tuner.params2result[tuner.params2str(tuner.best_params)]
         report = (
             f"# Hyper-parameter search: {args.model} on {args.dataset}\n\n"
-            f"Selected on the validation set ({args.algo}, {len(tuner.params2result)} trials).\n\n"
+            f"Selected on the validation set ({args.algo}, {len(tuner.params2result)} trials; "
+            f"search space: {source}).\n\n"
             f"Best params: `{json.dumps(best)}`\n\n{table}"
         )
         atomic_write_text(args.output_file, report)

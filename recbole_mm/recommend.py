@@ -1,0 +1,336 @@
+"""From a trained checkpoint to recommendations: top-K lists per user and the scoring embeddings.
+
+    python -m recbole_mm.recommend --checkpoint saved/M.pth [--users FILE|all] --topk 50
+        --out recs.parquet|recs.csv [--keep-train] [--batch-size N] [--force]
+        [--export-embeddings DIR]
+
+Top-K: every user (or the user tokens of FILE, one per line) gets her ``topk`` best items with their
+scores, in external ids (tokens), without the items of her training split (``--keep-train`` keeps them).
+Users are ranked in batches (``full_sort_predict`` over all items, ``torch.topk``), so this works for
+every model that RecBole can evaluate, its built-ins included.
+
+Embeddings: user and item vectors whose dot product is the model's score (``user.npy`` / ``user.ids``,
+``item.npy`` / ``item.ids``, one token per line) and, with faiss installed, ``item.faiss``: an exact
+inner-product index (``IndexFlatIP``) of the items, for a vector database or a serving stack. A model
+whose score is not such a dot product (ItemKNNCBF, DMRL's attention) is refused with a clear error.
+
+From Python: :func:`recommend` (a DataFrame ``user, rank, item, score``) and :func:`scoring_embeddings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from recbole.data.interaction import Interaction
+
+FORMATS = (".parquet", ".csv")
+CHECK_USERS = 32  # users whose full_sort_predict scores are compared with the exported dot products
+
+
+class Loaded:
+    """What a checkpoint gives back: ``config``, ``model`` (eval mode), the full ``dataset`` and the
+    training split ``train_dataset`` (whose items are excluded from a user's recommendations)."""
+
+    def __init__(self, config, model, dataset, train_dataset, checkpoint=None):
+        self.config, self.model, self.dataset, self.train_dataset = config, model.eval(), dataset, train_dataset
+        self.checkpoint = checkpoint
+
+
+def load(checkpoint_or_model) -> Loaded:
+    """A checkpoint path, the tuple :func:`recbole_mm.quick_start.load_data_and_model` returns, or a
+    :class:`Loaded`."""
+    if isinstance(checkpoint_or_model, Loaded):
+        return checkpoint_or_model
+    if isinstance(checkpoint_or_model, (str, os.PathLike)):
+        path = os.fspath(checkpoint_or_model)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {path}: no such file")
+        from recbole_mm.quick_start import load_data_and_model
+
+        config, model, dataset, train_data, _, _ = load_data_and_model(path)
+        return Loaded(config, model, dataset, train_data._dataset, checkpoint=path)
+    if isinstance(checkpoint_or_model, tuple) and len(checkpoint_or_model) == 6:
+        config, model, dataset, train_data, _, _ = checkpoint_or_model
+        return Loaded(config, model, dataset, train_data._dataset)
+    raise TypeError("recommend() takes a checkpoint path, load_data_and_model()'s tuple or a Loaded")
+
+
+def _device(loaded: Loaded) -> torch.device:
+    for tensor in list(loaded.model.parameters()) + list(loaded.model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def user_ids(loaded: Loaded, users=None, source: str = "users") -> torch.Tensor:
+    """Internal ids of the user tokens ``users`` (``None``: every user); an unknown token is an error
+    naming ``source`` (the file it came from) and the token."""
+    dataset = loaded.dataset
+    if users is None:
+        return torch.arange(1, dataset.user_num)
+    tokens = np.asarray([str(u) for u in users])
+    vocab = dataset.field2token_id[dataset.uid_field]
+    unknown = [t for t in tokens if t not in vocab or vocab[t] == 0]
+    if unknown:
+        raise ValueError(f"{source}: user id {unknown[0]!r} is not in dataset '{dataset.dataset_name}'"
+                         + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    return torch.tensor([vocab[t] for t in tokens], dtype=torch.long)
+
+
+def read_user_file(path: str) -> list:
+    """User tokens of ``path``, one per line (blank lines skipped)."""
+    with open(path, encoding="utf-8") as fh:
+        tokens = [line.strip() for line in fh]
+    tokens = [t for t in tokens if t]
+    if not tokens:
+        raise ValueError(f"{path}: no user id in the file")
+    return tokens
+
+
+def _train_matrix(loaded: Loaded) -> sp.csr_matrix:
+    train = loaded.train_dataset.inter_feat
+    users, items = train[loaded.dataset.uid_field].numpy(), train[loaded.dataset.iid_field].numpy()
+    return sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)),
+                         shape=(loaded.dataset.user_num, loaded.dataset.item_num))
+
+
+def score_batches(loaded: Loaded, uids: torch.Tensor, batch_size: int | None = None, exclude_train: bool = True,
+                  show_progress: bool = False):
+    """Yield ``(uids, scores)`` per batch of users: ``full_sort_predict`` over all items, the padding
+    item and (with ``exclude_train``) the user's training items at ``-inf``."""
+    from tqdm.auto import tqdm
+
+    model, dataset = loaded.model, loaded.dataset
+    n_items = dataset.item_num
+    batch_size = batch_size or max(1, int(loaded.config["eval_batch_size"] or 2**22) // n_items)
+    train = _train_matrix(loaded) if exclude_train else None
+    device = _device(loaded)
+    starts = range(0, len(uids), batch_size)
+    with torch.no_grad():
+        for start in tqdm(starts, desc="ranking users", unit="batch", disable=not show_progress):
+            batch = uids[start:start + batch_size]
+            inter = Interaction({dataset.uid_field: batch}).to(device)
+            scores = model.full_sort_predict(inter).view(len(batch), n_items).float().cpu()
+            scores[:, 0] = -torch.inf
+            if train is not None:
+                seen = train[batch.numpy()].tocoo()
+                scores[torch.from_numpy(seen.row).long(), torch.from_numpy(seen.col).long()] = -torch.inf
+            yield batch, scores
+
+
+def recommend(checkpoint_or_model, users=None, topk: int = 50, exclude_train: bool = True,
+              batch_size: int | None = None, show_progress: bool = False, source: str = "users") -> pd.DataFrame:
+    """Top-``topk`` items per user: a DataFrame ``user, rank, item, score`` (tokens, rank from 1).
+
+    ``users``: user tokens (``None``: all users). ``exclude_train``: leave out each user's training
+    items; a user with fewer than ``topk`` rankable items gets fewer rows."""
+    loaded = load(checkpoint_or_model)
+    dataset = loaded.dataset
+    if topk < 1:
+        raise ValueError(f"topk must be at least 1, got {topk}")
+    uids = user_ids(loaded, users, source)
+    k = min(topk, dataset.item_num - 1)
+    parts = []
+    for batch, scores in score_batches(loaded, uids, batch_size, exclude_train, show_progress):
+        values, items = torch.topk(scores, k, dim=1)
+        parts.append((batch.repeat_interleave(k), items.reshape(-1), values.reshape(-1)))
+    user = torch.cat([p[0] for p in parts]).numpy()
+    item = torch.cat([p[1] for p in parts]).numpy()
+    score = torch.cat([p[2] for p in parts]).numpy()
+    rank = np.tile(np.arange(1, k + 1), len(uids))
+    keep = np.isfinite(score)  # excluded or padding items that filled a short list
+    return pd.DataFrame({
+        "user": dataset.field2id_token[dataset.uid_field][user[keep]],
+        "rank": rank[keep],
+        "item": dataset.field2id_token[dataset.iid_field][item[keep]],
+        "score": score[keep],
+    })
+
+
+# -- scoring embeddings ------------------------------------------------------------------------
+def _vbpr_embeddings(model):
+    """VBPR scores ``u . [gamma_i ; E f_i] + beta_i + beta' f_i``: the bias rides on a constant 1."""
+    factor, bias = model._item_side()
+    users = model._user_side(torch.arange(model.n_users, device=factor.device))
+    ones = torch.ones(len(users), 1, device=users.device)
+    return torch.cat([users, ones], 1), torch.cat([factor, bias.unsqueeze(1)], 1)
+
+
+# models whose full_sort_predict is a dot product that inference_embeddings() does not expose
+ADAPTERS = {"VBPR": _vbpr_embeddings}
+
+
+def _candidates(model):
+    """Ways to read ``(users, items)`` off ``model``, most specific first."""
+    from recbole_mm.model.abstract_recommender import MultimodalRecommender
+
+    if type(model).__name__ in ADAPTERS:
+        yield "adapter", lambda: ADAPTERS[type(model).__name__](model)
+    if isinstance(model, MultimodalRecommender):
+        yield "inference_embeddings()", model.inference_embeddings
+        return
+    # RecBole's graph models (LightGCN, NGCF, SGL, ...): forward() returns the propagated tables
+    params = [p for p in inspect.signature(model.forward).parameters.values() if p.default is p.empty]
+    if not params:
+        yield "forward()", model.forward
+    if isinstance(getattr(model, "user_embedding", None), torch.nn.Embedding) and \
+            isinstance(getattr(model, "item_embedding", None), torch.nn.Embedding):  # BPR and other MF
+        yield "user_embedding/item_embedding", lambda: (model.user_embedding.weight, model.item_embedding.weight)
+
+
+def scoring_embeddings(checkpoint_or_model):
+    """``(users (n_users, d), items (n_items, d))`` float32 CPU tensors, row = internal id (row 0 is
+    padding), whose dot products are the model's full-ranking scores: checked against
+    ``full_sort_predict`` on a sample of users. A model scored otherwise is a ``ValueError``."""
+    loaded = load(checkpoint_or_model)
+    model, dataset = loaded.model, loaded.dataset
+    name = type(model).__name__
+    sample = torch.arange(1, dataset.user_num)[:CHECK_USERS]
+    device = _device(loaded)
+    with torch.no_grad():
+        reference = model.full_sort_predict(Interaction({dataset.uid_field: sample}).to(device))
+        reference = reference.view(len(sample), -1).float().cpu()
+        tried = []
+        for how, get in _candidates(model):
+            try:
+                out = get()
+            except NotImplementedError:
+                tried.append(f"{how} is not implemented")
+                continue
+            if not (isinstance(out, tuple) and len(out) == 2 and all(torch.is_tensor(t) for t in out)):
+                tried.append(f"{how} does not return (users, items)")
+                continue
+            users, items = (t.detach().float().cpu() for t in out)
+            if users.shape[0] != dataset.user_num or items.shape[0] != dataset.item_num or \
+                    users.shape[1] != items.shape[1]:
+                tried.append(f"{how} gives shapes {tuple(users.shape)}, {tuple(items.shape)}")
+                continue
+            dots = users[sample] @ items.T
+            scale = reference.abs().max().clamp_min(1e-6)
+            if torch.allclose(dots, reference, rtol=1e-4, atol=1e-4 * float(scale)):
+                return users, items
+            tried.append(f"the dot products of {how} differ from its scores")
+    raise ValueError(f"model {name}: its score is not a dot product of user and item embeddings "
+                     f"({'; '.join(tried) or 'no user/item embeddings found'}), so there are no vectors to export")
+
+
+def export_embeddings(checkpoint_or_model, out_dir: str, force: bool = False) -> dict:
+    """Write ``user.npy``/``user.ids``, ``item.npy``/``item.ids``, ``embeddings.json`` and (faiss
+    installed) ``item.faiss`` into ``out_dir`` in one rename; refuses an existing ``out_dir`` without
+    ``force``. Returns the files written."""
+    from recbole_mm.data.graphs import faiss_available
+    from recbole_mm.io import atomic_save_npy, atomic_write_text, staged_output_dir, write_ids
+
+    loaded = load(checkpoint_or_model)
+    dataset = loaded.dataset
+    users, items = scoring_embeddings(loaded)
+    users, items = users[1:].numpy(), items[1:].numpy()  # without padding: row r is the token on line r
+    written = ["user.npy", "user.ids", "item.npy", "item.ids", "embeddings.json"]
+    with staged_output_dir(out_dir, force=force) as stage:
+        atomic_save_npy(os.path.join(stage, "user.npy"), users)
+        write_ids(os.path.join(stage, "user.ids"), dataset.field2id_token[dataset.uid_field][1:])
+        atomic_save_npy(os.path.join(stage, "item.npy"), items)
+        write_ids(os.path.join(stage, "item.ids"), dataset.field2id_token[dataset.iid_field][1:])
+        if faiss_available():
+            import faiss
+
+            index = faiss.IndexFlatIP(items.shape[1])
+            index.add(np.ascontiguousarray(items, dtype=np.float32))
+            faiss.write_index(index, os.path.join(stage, "item.faiss"))
+            written.append("item.faiss")
+        meta = {"model": type(loaded.model).__name__, "dataset": dataset.dataset_name, "dim": int(items.shape[1]),
+                "users": int(users.shape[0]), "items": int(items.shape[0]), "score": "dot product (user . item)",
+                "checkpoint": loaded.checkpoint, "files": written}
+        atomic_write_text(os.path.join(stage, "embeddings.json"), json.dumps(meta, indent=2) + "\n")
+    return {"dir": os.path.abspath(out_dir), "files": written}
+
+
+# -- output ------------------------------------------------------------------------------------
+def check_output(path: str, force: bool) -> str:
+    """The format of ``path`` (by its extension); an existing file without ``force`` is refused."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in FORMATS:
+        raise ValueError(f"output {path}: unknown format '{ext}', use one of {', '.join(FORMATS)}")
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"output {path} already exists; pass --force to overwrite it")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"output {path} is a folder")
+    return ext
+
+
+def write_table(frame: pd.DataFrame, path: str, force: bool = False) -> None:
+    """``frame`` as Parquet or CSV (by extension), through a temporary file and one rename."""
+    from recbole_mm.io import _publish
+
+    ext = check_output(path, force)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=ext)
+    os.close(fd)
+    try:
+        if ext == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+        _publish(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m recbole_mm.recommend", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint saved by a run (saved/<Model>-<date>.pth)")
+    parser.add_argument("--users", default="all", help="a file of user tokens, one per line, or 'all' (default)")
+    parser.add_argument("--topk", type=int, default=50)
+    parser.add_argument("--out", default=None, help="recs.parquet or recs.csv: user, rank, item, score")
+    parser.add_argument("--keep-train", action="store_true", help="do not leave out the users' training items")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="users per ranking batch (default: eval_batch_size // items, RecBole's rule)")
+    parser.add_argument("--export-embeddings", metavar="DIR", default=None,
+                        help="also write user/item vectors (.npy + .ids) and a FAISS index of the items")
+    parser.add_argument("--force", action="store_true", help="overwrite --out / --export-embeddings")
+    args = parser.parse_args(argv)
+    if not args.out and not args.export_embeddings:
+        parser.error("nothing to do: give --out and/or --export-embeddings")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def _main(argv):
+    args = parse_args(argv)
+    if args.out:
+        check_output(args.out, args.force)  # before the (slow) load
+    if args.export_embeddings and os.path.exists(args.export_embeddings) and not args.force:
+        raise FileExistsError(f"output {args.export_embeddings} already exists; pass --force to overwrite it")
+    users = None if args.users == "all" else read_user_file(args.users)
+    loaded = load(args.checkpoint)
+    if args.out:
+        frame = recommend(loaded, users, args.topk, exclude_train=not args.keep_train, batch_size=args.batch_size,
+                          show_progress=True, source=args.users)
+        write_table(frame, args.out, force=args.force)
+        print(f"wrote {len(frame)} recommendations for {frame['user'].nunique()} users to {args.out}")
+    if args.export_embeddings:
+        done = export_embeddings(loaded, args.export_embeddings, force=args.force)
+        print(f"wrote {', '.join(done['files'])} to {done['dir']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from recbole_mm.cli import run_main
+
+    return run_main(_main, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

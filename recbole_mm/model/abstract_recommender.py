@@ -172,6 +172,18 @@ class MultimodalRecommender(GeneralRecommender):
             feats = [f * weights[n] ** 0.5 for f, n in zip(feats, self.modalities)]
         return torch.cat(feats, dim=1)
 
+    def fuse_modalities_early(self, weights: dict | None = None, name: str = "early") -> None:
+        """Early fusion: replace the run's modalities by one, ``name``, holding
+        :meth:`concat_features` ``(normalize=True, weights)`` -- each modality L2-normalised (and
+        scaled by ``sqrt(w_m)``), then concatenated. Call it first in ``__init__``: everything
+        built afterwards (feature tables, projections, KNN graphs) sees one modality, so a late-fusion
+        model becomes its early-fusion variant (``fusion_stage: early``)."""
+        fused = self.concat_features(normalize=True, weights=weights)
+        for m in self.modalities:
+            delattr(self, self._buffer_name(m))
+        self.modalities = [name]
+        self.register_buffer(self._buffer_name(name), fused, persistent=False)
+
     def feature_tables(self, trainable: bool) -> nn.ModuleDict:
         """One ``nn.Embedding`` per modality initialised with its features.
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FUSIONS = ("mean", "sum", "concat", "gate", "attention")
+FUSIONS = ("mean", "sum", "concat", "gate", "attention", "cross_attention", "non_invasive")
+COMBINES = ("mean", "linear")  # how cross_attention merges its per-modality outputs
 
 
 class _FixedSpMM(torch.autograd.Function):
@@ -228,10 +229,26 @@ class Fusion(nn.Module):
     * ``concat``: ``W [x_1; ...; x_M]`` (a linear layer over the concatenation);
     * ``gate``: ``sum_m sigmoid(W_m x_m) * x_m`` (element-wise gates, one per modality);
     * ``attention``: ``sum_m a_m x_m`` with ``a = softmax_m(q^T tanh(W x_m + b))`` per row
-      (MGCN's modality attention; coarse-grained attention in the survey's terms).
+      (MGCN's modality attention; coarse-grained attention in the survey's terms);
+    * ``cross_attention`` (CMBF, Chen et al., Sensors 2021; fine-grained): each input attends over
+      the others, ``z_m = x_m + MHA(q = x_m, k = v = {x_j : j != m})`` (``torch.nn.MultiheadAttention``,
+      ``heads`` heads of scaled dot-product attention, its own in/out projections), then
+      ``combine``: ``mean_m z_m`` or ``W [z_1; ...; z_M]`` (``linear``). Needs M >= 2;
+    * ``non_invasive`` (NOVA, Liu et al., AAAI 2021): **the first input is the ID branch** ``x_0``,
+      the others ``x_1..x_M`` side information. Per row, a set of M + 1 tokens ``t = 0..M`` with
+      queries/keys from the fused ``F_0 = x_0``, ``F_t = x_0 + x_t`` (NOVA's additive fusion) and
+      values from the ID alone, ``V_t = U_t x_0`` (one bias-free map per token: a set with a single
+      ID would otherwise give equal values and a constant output);
+      ``y = x_0 + mean_t MHA(q = F, k = F, v = V)_t``. Side information only decides how the ID
+      views are mixed; it never enters the value stream (``x_0 = 0`` gives a side-independent
+      output). Needs M >= 1.
+
+    ``last_weights`` keeps the latest attention weights (``attention``: ``(N, M)``;
+    ``cross_attention`` ``(N, M, M)`` with a zero diagonal; ``non_invasive`` ``(N, M+1, M+1)``;
+    averaged over heads) for inspection.
     """
 
-    def __init__(self, mode: str, dim: int, n_inputs: int):
+    def __init__(self, mode: str, dim: int, n_inputs: int, heads: int = 1, combine: str = "mean"):
         super().__init__()
         if mode not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {mode!r}")
@@ -243,6 +260,24 @@ class Fusion(nn.Module):
         elif mode == "attention":
             self.key = nn.Linear(dim, dim)
             self.query = nn.Linear(dim, 1, bias=False)
+        elif mode in ("cross_attention", "non_invasive"):
+            if n_inputs < 2:
+                what = "two modalities" if mode == "cross_attention" else "the ID input and one side input"
+                raise ValueError(f"fusion {mode} needs at least {what}, got {n_inputs} input(s)")
+            if dim % heads:
+                raise ValueError(f"fusion {mode}: {heads} heads do not divide the dimension {dim}")
+            self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+            if mode == "cross_attention":
+                if combine not in COMBINES:
+                    raise ValueError(f"cross_attention combine must be one of {COMBINES}, got {combine!r}")
+                self.combine = combine
+                self.linear = nn.Linear(dim * n_inputs, dim) if combine == "linear" else None
+                # a query never attends to its own modality (True = not allowed)
+                self.register_buffer("self_mask", torch.eye(n_inputs, dtype=torch.bool), persistent=False)
+            else:
+                self.value_maps = nn.Parameter(torch.empty(n_inputs, dim, dim))  # U_t, applied as x_0 U_t
+                for u in self.value_maps:
+                    nn.init.xavier_uniform_(u)
         self.last_weights = None
 
     def forward(self, inputs) -> torch.Tensor:
@@ -256,9 +291,27 @@ class Fusion(nn.Module):
         if self.mode == "gate":
             return sum(torch.sigmoid(g(x)) * x for g, x in zip(self.gates, inputs))
         stacked = torch.stack(inputs, dim=1)  # (N, M, d)
+        if self.mode == "cross_attention":
+            out, weights = self.attn(stacked, stacked, stacked, attn_mask=self.self_mask)
+            self.last_weights = weights.detach()
+            z = stacked + out
+            return z.mean(1) if self.linear is None else self.linear(z.flatten(1))
+        if self.mode == "non_invasive":
+            ident = stacked[:, :1]  # (N, 1, d): x_0
+            fused = torch.cat([ident, ident + stacked[:, 1:]], dim=1)  # F_t
+            values = torch.einsum("nd,tde->nte", stacked[:, 0], self.value_maps)  # V_t = x_0 U_t
+            out, weights = self.attn(fused, fused, values)
+            self.last_weights = weights.detach()
+            return stacked[:, 0] + out.mean(1)
         weights = torch.softmax(self.query(torch.tanh(self.key(stacked))), dim=1)  # (N, M, 1)
         self.last_weights = weights.detach().squeeze(-1)
         return (weights * stacked).sum(1)
+
+    @classmethod
+    def from_config(cls, config, dim: int, n_inputs: int, default: str = "sum") -> "Fusion":
+        """The layer a model's ``fusion`` / ``fusion_heads`` / ``fusion_combine`` keys describe."""
+        return cls(config["fusion"] or default, dim, n_inputs, heads=config["fusion_heads"] or 1,
+                   combine=config["fusion_combine"] or "mean")
 
 
 def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:

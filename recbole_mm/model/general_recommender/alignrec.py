@@ -13,7 +13,10 @@ as a dataset modality (``encoder_modality``).
   (cosine, top-k, sym-normalised, built once and cached); ``h_mm_i = S h_con``, ``h_mm_u = R̂ h_mm``.
 * ``train_features``: the MLP reads a trainable copy of ``h_enc`` (graph and REG target stay fixed).
 * Fusion: ``h = h_mm + h_id`` (``fusion: sum``), or the shared fusion layer
-  (``mean | concat | gate | attention``).
+  ``Fusion([h_id, h_mm])`` (``mean | concat | gate | attention | cross_attention | non_invasive``;
+  ``non_invasive`` keeps ``h_id`` as its value branch, ``h_mm`` enters only queries and keys).
+  ``h_enc`` is early-fused by design (stage 1, or the fallback concatenation), so AlignRec has
+  no ``fusion_stage`` switch.
 * Loss: BPR + ``reg_weight`` L2 + α CCA (in-batch InfoNCE between h_mm and h_id of the batch's
   distinct items and users, τ = ``cca_temperature``; its B x B part in ``cca_dtype``) + β UIA (``1 - cos(h_u, h_i)`` on observed pairs)
   + λ REG (``||cos(h_mm_i, h_mm_j) - sg(cos(h_enc_i, h_enc_j))||``). A weight of 0 switches its term off.
@@ -56,7 +59,8 @@ class AlignRec(MultimodalRecommender):
         self.h_enc_tuned = nn.Parameter(h_enc.clone()) if config["train_features"] else None
         self.content_mlp = nn.Sequential(nn.Linear(h_enc.shape[1], d), nn.Linear(d, d))
         self.fusion_mode = config["fusion"] or "sum"
-        self.fusion = None if self.fusion_mode == "sum" else Fusion(self.fusion_mode, d, 2)
+        # [h_id, h_mm]: h_id first, the ID branch of non_invasive fusion
+        self.fusion = None if self.fusion_mode == "sum" else Fusion.from_config(config, d, 2)
 
         self.mm_graph = self.knn_graph(h_enc, config["knn_k"], weighted=True)
         self.adj = self.ui_graph()

@@ -121,3 +121,62 @@ def test_uniform_noise_by_hand():
     a = augment.uniform_noise(e, 0.1)
     torch.manual_seed(1)
     torch.testing.assert_close(augment.uniform_noise(e, 0.1), a)  # the global RNG, seeded
+
+
+# -- the models that draw their views here ------------------------------------------------------
+
+def _counting(monkeypatch, name):
+    """Wrap ``augment.<name>`` so that the test sees every call the models make."""
+    calls, original = [], getattr(augment, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(augment, name, wrapper)
+    return calls
+
+
+def test_bm3_target_views_are_feature_dropout(tiny_dataset, monkeypatch):
+    from tests.test_models import _build
+
+    data_path, name = tiny_dataset
+    _, m, train = _build("BM3", data_path, name, dropout=0.3)
+    calls = _counting(monkeypatch, "feature_dropout")
+    batch = next(iter(train))
+    torch.manual_seed(1)
+    loss = m.calculate_loss(batch)
+    assert len(calls) == 2 + len(m.modalities)  # user, item and one per modality target view
+    assert all(rate == 0.3 for _, rate in calls)
+    torch.manual_seed(1)
+    torch.testing.assert_close(m.calculate_loss(batch), loss)  # same seed -> same views
+    _, m0, _ = _build("BM3", data_path, name, dropout=0.0)
+    # no dropout: the targets are the online representations themselves
+    u_all, i_all = m0.forward()
+    item = batch[m0.ITEM_ID]
+    torch.testing.assert_close(augment.feature_dropout(i_all[item], 0.0), i_all[item])
+
+
+def test_slmrec_views_come_from_augment(tiny_dataset, monkeypatch):
+    from tests.test_models import _build
+
+    data_path, name = tiny_dataset
+    _, m, train = _build("SLMRec", data_path, name, ssl_task="FD+FM", dropout_rate=0.2)
+    dropouts = _counting(monkeypatch, "feature_dropout")
+    chosen = _counting(monkeypatch, "choose_modality")
+    masked = _counting(monkeypatch, "modality_mask")
+    m.train()
+    m.calculate_loss(next(iter(train)))
+    assert len(dropouts) == 2 * m.n_layers and all(rate == 0.2 for _, rate in dropouts)  # two FD views
+    assert len(chosen) == 2 and len(masked) == 2  # two FM views, two different masked views
+    assert len(chosen[1][0]) == m.n_views - 1 and chosen[1][0] != chosen[0][0]
+    # the mask of a view zeroes exactly the block of the view drawn for it
+    torch.manual_seed(4)
+    first = augment.choose_modality(list(range(m.n_views)))
+    torch.manual_seed(4)
+    mask = m.masks()
+    d = m.embedding_size
+    assert mask[0, first * d:(first + 1) * d].abs().sum() == 0 and mask[0].sum() == d * (m.n_views - 1)
+    m.eval()  # no dropout at inference
+    ego = m.ego_views()
+    torch.testing.assert_close(m.propagate_views(ego, 0.2), m.propagate_views(ego, 0.0))

@@ -1,20 +1,21 @@
 """BM3 (Zhou et al., WWW 2023): "Bootstrap Latent Representations for Multi-modal Recommendation".
 
 No negative sampling. A LightGCN online encoder (item output + its ID embedding) and per-modality
-projections; the target views are the online representations with dropout and a stop-gradient
-(Sec. 3.2); a shared predictor maps online views, and the loss aligns predicted online views with
-target views (Eq. 6-9): user<->item, modality<->item and modality<->own-target, plus ``reg_weight``
-x ``EmbLoss`` of the online embeddings. Scores: ``predictor(h_u) . predictor(h_i)``.
+projections; the target views are the online representations with dropout
+(:func:`~recbole_mm.model.augment.feature_dropout`) and a stop-gradient (Sec. 3.2); a shared
+predictor maps online views, and the loss aligns predicted online views with target views
+(Eq. 6-9): user<->item, modality<->item and modality<->own-target, plus ``reg_weight`` x
+``EmbLoss`` of the online embeddings. Scores: ``predictor(h_u) . predictor(h_i)``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from recbole.model.loss import EmbLoss
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.model import augment
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
 from recbole_mm.model.layers import ModalityProjector, lightgcn_propagate, split_users_items
 from recbole_mm.model.loss import bootstrap_loss
@@ -49,9 +50,9 @@ class BM3(MultimodalRecommender):
         u_all, i_all = self.forward()
         feats = self.project_rows(self.projector, self.features, item)
         with torch.no_grad():  # target views: dropout on a stopped-gradient copy (Eq. 5)
-            u_target = F.dropout(u_all[user], self.dropout)
-            i_target = F.dropout(i_all[item], self.dropout)
-            f_target = {m: F.dropout(f, self.dropout) for m, f in feats.items()}
+            u_target = augment.feature_dropout(u_all[user], self.dropout)
+            i_target = augment.feature_dropout(i_all[item], self.dropout)
+            f_target = {m: augment.feature_dropout(f, self.dropout) for m, f in feats.items()}
         u_online = self.predictor(u_all[user])
         i_online = self.predictor(i_all[item])
         loss = bootstrap_loss(u_online, i_target) + bootstrap_loss(i_online, u_target)

@@ -19,7 +19,8 @@
   - ``FD`` (feature dropout): two views of the whole model with independent dropout
     (``dropout_rate``) after every propagation layer;
   - ``FM`` (feature masking): two views, each with the item inputs of one randomly chosen view
-    (ID or a modality; two different ones) set to zero; ``FD+FM`` both;
+    (ID or a modality; two different ones) set to zero; ``FD+FM`` both
+    (both augmentations from :mod:`recbole_mm.model.augment`);
 
   for FD/FM the fused user (item) representations of the batch in the two views are contrasted by
   InfoNCE on cosines at ``ssl_temp``, users and items summed.
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.model import augment
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
 from recbole_mm.model.layers import ModalityProjector, lightgcn_propagate, spmm, split_users_items
 from recbole_mm.model.loss import info_nce, info_nce_dot
@@ -97,7 +99,8 @@ class SLMRec(MultimodalRecommender):
             return lightgcn_propagate(self.adj, ego, self.n_layers)
         layers = [ego]
         for _ in range(self.n_layers):
-            layers.append(F.dropout(spmm(self.adj, layers[-1]), dropout, self.training))
+            h = spmm(self.adj, layers[-1])
+            layers.append(augment.feature_dropout(h, dropout) if self.training else h)
         return torch.stack(layers).mean(0)
 
     def fuse(self, views: torch.Tensor, out: nn.Linear) -> torch.Tensor:
@@ -118,12 +121,15 @@ class SLMRec(MultimodalRecommender):
         return loss
 
     def masks(self) -> torch.Tensor:
-        """``(2, d (M+1))`` item-input masks of the two FM views: two different views zeroed."""
-        first = torch.randint(self.n_views, (1,)).item()
-        second = (first + 1 + torch.randint(self.n_views - 1, (1,)).item()) % self.n_views
-        mask = torch.ones(2, self.n_views, device=self.device)
-        mask[0, first] = mask[1, second] = 0.0
-        return mask.repeat_interleave(self.embedding_size, dim=1)
+        """``(2, d (M+1))`` item-input masks of the two FM views: two different views (ID or a
+        modality, drawn uniformly by :func:`~recbole_mm.model.augment.choose_modality`) zeroed by
+        :func:`~recbole_mm.model.augment.modality_mask` (``zero``), as masks of the view block."""
+        views = list(range(self.n_views))
+        first = augment.choose_modality(views)
+        second = augment.choose_modality([v for v in views if v != first])
+        ones = {v: torch.ones(1, self.embedding_size, device=self.device) for v in views}
+        return torch.cat([torch.cat(list(augment.modality_mask(ones, k, "zero").values()), dim=1)
+                          for k in (first, second)])
 
     def augmented_loss(self, ego: torch.Tensor, user, item) -> torch.Tensor:
         """FD / FM / FD+FM: InfoNCE between two augmented views of the batch's users and items."""

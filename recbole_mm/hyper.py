@@ -111,9 +111,13 @@ def build_tuner(args, objective, files, extra_argv):
     if args.params_file:
         source, space_kwargs = args.params_file, {"params_file": args.params_file}
     else:
-        space = search_space.load_space(args.model)
+        space, decode = search_space.hyperopt_choices(search_space.load_space(args.model))
         source = f"shipped space ({search_space.space_file(args.model).name})"
         space_kwargs = {"params_dict": {"choice": space}}
+        inner = objective
+
+        def objective(config_dict, config_file_list):
+            return inner(decode(config_dict), config_file_list)
     max_evals = args.budget if args.budget is not None and args.algo != "exhaustive" else args.max_evals
     tuner = hyper_tuning_class()(objective, algo=args.algo, early_stop=args.early_stop, max_evals=max_evals,
                                  fixed_config_file_list=files, **space_kwargs)

@@ -159,3 +159,18 @@ def format_value(value) -> str:
 def to_params_file(space: dict) -> str:
     """The space in RecBole's params-file form (``name choice [v1,v2]`` a line)."""
     return "".join(f"{k} choice [{','.join(format_value(v) for v in vals)}]\n" for k, vals in space.items())
+
+
+def hyperopt_choices(space: dict):
+    """``(space, decode)``: ``space`` with list values (NGCF's ``hidden_size_list``) replaced by
+    their text, which RecBole's exhaustive search can count (it reads each choice's options as
+    literals), and ``decode(config_dict)`` that puts the lists back before a trial runs."""
+    texts = {k: {format_value(v): v for v in vals} for k, vals in space.items()
+             if any(isinstance(v, list) for v in vals)}
+    encoded = {k: (list(texts[k]) if k in texts else vals) for k, vals in space.items()}
+
+    def decode(config_dict: dict) -> dict:
+        return {k: (texts[k][v] if k in texts and isinstance(v, str) and v in texts[k] else v)
+                for k, v in (config_dict or {}).items()}
+
+    return encoded, decode

@@ -75,7 +75,11 @@ def run_recbole_mm(
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
-    cold_warm = cold_warm_results(model_obj, test_data, config)
+    cold_warm = None
+    if config["single_spec"]:
+        cold_warm = cold_warm_results(model_obj, test_data, config)
+    elif getattr(test_data._dataset, "cold_items", None) is not None:
+        logger.warning("cold_items: cold/warm metrics are computed in single-process runs only (not with DDP)")
     result = {
         "model": config["model"],
         "best_valid_score": best_valid_score,

@@ -500,10 +500,10 @@ def check_settings(out: str, settings: dict, force: bool) -> None:
                 changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
                 raise FileExistsError(f"{out}: holds a leaderboard run with other {', '.join(changed)}; "
                                       "use another --out, or --force to start over")
-            for name in ("journal.jsonl", "per_user", "runs"):
-                target = os.path.join(out, name)
-                shutil.rmtree(target, ignore_errors=True) if os.path.isdir(target) else \
-                    (os.path.exists(target) and os.remove(target))
+            for name in ("per_user", "runs"):
+                shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+            if os.path.exists(os.path.join(out, "journal.jsonl")):
+                os.remove(os.path.join(out, "journal.jsonl"))
     atomic_write_text(path, json.dumps(settings, sort_keys=True, indent=1) + "\n")
 
 

@@ -149,7 +149,7 @@ def test_per_user_metrics_average_to_recbole_numbers(tiny_dataset, run_config):
     data_path, name = tiny_dataset
     config = Config(model="BPR", dataset=name, config_dict=dict(run_config, data_path=data_path, epochs=1))
     _, (train_data, valid_data, test_data), _, trainer = prepare(config)
-    trainer.fit(train_data, valid_data, saved=False, verbose=False)
+    trainer.fit(train_data, valid_data, saved=True, verbose=False)
     frame, averaged = per_user_metrics(trainer, test_data, ("recall", "ndcg", "precision", "map"), (10, 20, 50))
     assert len(frame) == len(test_data.uid_list) and frame["user"].is_unique
     for column in frame.columns.drop("user"):
@@ -157,6 +157,15 @@ def test_per_user_metrics_average_to_recbole_numbers(tiny_dataset, run_config):
     assert frame["recall@20"].between(0, 1).all() and (frame["recall@50"] >= frame["recall@20"]).all()
     with pytest.raises(ValueError, match="exceeds"):
         per_user_metrics(trainer, test_data, ("recall",), (100,))
+    # the same from the saved checkpoint, through python -m recbole_mm.evaluation
+    from recbole_mm.evaluation import main
+
+    out = Path(run_config["checkpoint_dir"]).parent / "per_user.csv"
+    assert main(["--model_file", trainer.saved_model_file, "--out", str(out), "--ks", "10", "20"]) == 0
+    saved = pd.read_csv(out, dtype={"user": str})
+    assert list(saved.columns) == ["user", "recall@10", "recall@20", "ndcg@10", "ndcg@20"]
+    np.testing.assert_allclose(saved["ndcg@20"], frame["ndcg@20"])
+    assert main(["--model_file", str(out.parent / "missing.pth"), "--out", str(out)]) == 2
 
 
 def test_leaderboard_end_to_end_on_a_tiny_dataset(tiny_dataset, tmp_path):

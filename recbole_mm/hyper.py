@@ -118,6 +118,8 @@ def build_tuner(args, objective, files, extra_argv):
 
         def objective(config_dict, config_file_list):
             return inner(decode(config_dict), config_file_list)
+    if args.budget is not None and args.budget < 1:
+        raise ValueError(f"--budget must be at least 1, got {args.budget}")
     max_evals = args.budget if args.budget is not None and args.algo != "exhaustive" else args.max_evals
     tuner = hyper_tuning_class()(objective, algo=args.algo, early_stop=args.early_stop, max_evals=max_evals,
                                  fixed_config_file_list=files, **space_kwargs)

@@ -65,6 +65,7 @@ def adaptive_block_weights(user: torch.Tensor, pos: torch.Tensor, neg: torch.Ten
 
 
 class COHESION(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

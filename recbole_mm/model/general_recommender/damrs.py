@@ -137,6 +137,7 @@ def feedback_weights(pos_scores: torch.Tensor, neg_scores: torch.Tensor):
 
 # -- the model ----------------------------------------------------------------------------------
 class DAMRS(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

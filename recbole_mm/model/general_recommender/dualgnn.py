@@ -49,6 +49,7 @@ CONSTRUCTIONS = ("weighted_sum", "mean", "weighted_max", "cat_mlp", "cat")
 
 
 class DualGNN(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

@@ -46,6 +46,7 @@ WEIGHT_MODES = ("confid", "max", "mean")
 
 
 class GRCN(JointTableRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

@@ -95,6 +95,7 @@ class EdgeScorer(nn.Module):
 
 
 class IDFREE(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

@@ -107,6 +107,7 @@ class _ModalityBranch(nn.Module):
 
 
 class MGAT(JointTableRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

@@ -22,6 +22,7 @@ from recbole_mm.model.layers import Fusion, ModalityProjector, lightgcn_propagat
 
 
 class MGCN(SideViewRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

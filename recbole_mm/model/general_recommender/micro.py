@@ -76,6 +76,7 @@ def intra_inter_info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
 
 # -- the model ---------------------------------------------------------------------------------------
 class MICRO(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

@@ -43,6 +43,7 @@ WEIGHTINGS = ("equal", "alpha", "normalized")
 
 
 class MMGCF(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

@@ -63,6 +63,7 @@ class _ModalityGCN(nn.Module):
 
 
 class MMGCN(JointTableRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

@@ -110,6 +110,7 @@ class _GaussianEncoder(nn.Module):
 
 
 class MVGAE(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

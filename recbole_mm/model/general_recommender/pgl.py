@@ -99,6 +99,7 @@ def principal_ui_graph(users, items, n_users: int, n_items: int, rank: int, frac
 
 
 class PGL(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

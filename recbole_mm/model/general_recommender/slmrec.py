@@ -56,6 +56,7 @@ def _xavier_linear(d_in: int, d_out: int) -> nn.Linear:
 
 
 class SLMRec(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.POINTWISE  # positives only: train_neg_sample_args: ~
 
     def __init__(self, config, dataset):

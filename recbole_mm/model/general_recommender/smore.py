@@ -96,6 +96,7 @@ def _gate(dim: int) -> nn.Sequential:
 
 
 class SMORE(SideViewRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

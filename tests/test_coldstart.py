@@ -101,3 +101,51 @@ def test_run_reports_cold_and_warm_lines(tiny_dataset, run_config, capsys):
     out = capsys.readouterr().out
     assert "COLD_TEST_RESULT" not in out and "WARM_TEST_RESULT" in out
     assert result["cold_test_result"] is None
+
+
+def _cold_scores(model_name, data_path, name, swap: bool):
+    """Scores of 8 users for the cold items of a fresh (seeded, untrained) model; with ``swap`` the cold
+    items' feature rows are replaced by other rows first."""
+    from recbole.utils import init_seed
+
+    from recbole_mm.config import Config
+    from recbole_mm.data import data_preparation
+    from recbole_mm.quick_start import load_dataset
+    from recbole_mm.utils import get_model
+    from tests.conftest import FAST
+
+    config = Config(model_name, name, config_dict=dict(FAST, data_path=data_path, cold_items=0.2, graph_cache=False,
+                                                           ica_epochs=1))  # AlignRec's stage 1: one epoch
+    dataset = load_dataset(config)
+    train, _, _ = data_preparation(config, dataset)
+    cold = dataset.cold_items
+    if swap:
+        for feat in dataset.item_features.values():
+            feat[cold] = feat[torch.roll(cold, 1)] * 0.5 + 1.0
+    init_seed(config["seed"], True)
+    model = get_model(model_name)(config, train._dataset).eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(Interaction({dataset.uid_field: torch.arange(1, 9)})).view(8, -1)
+    return scores[:, cold]
+
+
+def _declared():
+    from recbole_mm.utils import get_model, plugin_models
+
+    return sorted(m for m in plugin_models() if getattr(get_model(m), "scores_cold_items", False))
+
+
+@pytest.mark.parametrize("model", _declared())
+def test_declared_models_score_cold_items_from_content(model, tiny_dataset):
+    """``scores_cold_items`` is truthful (a necessary condition): a cold item's scores move with its
+    own features. BM3 (scored from ID embeddings only) and the ID-only baselines do not declare it."""
+    data_path, name = tiny_dataset
+    before, after = (_cold_scores(model, data_path, name, swap) for swap in (False, True))
+    assert (before - after).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("model", ["BM3", "LayerGCN"])
+def test_undeclared_models_ignore_cold_content(model, tiny_dataset):
+    data_path, name = tiny_dataset
+    before, after = (_cold_scores(model, data_path, name, swap) for swap in (False, True))
+    assert torch.equal(before, after) and model not in _declared()

@@ -35,7 +35,7 @@ def build_parser():
     parser.add_argument("--params_file", default=None,
                         help="search space, RecBole's params file format (default: the model's shipped space)")
     parser.add_argument("--budget", type=int, default=None,
-                        help="at most N trials: a seeded random subset of the grid (exhaustive), N evaluations otherwise")
+                        help="at most N trials: a seeded random subset of a grid (exhaustive), else N evaluations")
     parser.add_argument("--config_files", default=None, help="space-separated fixed yaml files")
     parser.add_argument("--algo", default="exhaustive", choices=["exhaustive", "random", "bayes"])
     parser.add_argument("--max_evals", type=int, default=100, help="trials for random/bayes (exhaustive: all)")

@@ -2,7 +2,6 @@
 
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -76,6 +75,7 @@ def test_budget_subset_size_determinism_and_prefix():
 
 
 def test_wheel_config_ships_the_baselines():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "recbole_mm.properties.baselines" in config["packages"]
     assert config["package-dir"]["recbole_mm.properties.baselines"] == "properties/baselines"

@@ -76,13 +76,19 @@ def user_ids(loaded: Loaded, users=None, source: str = "users") -> torch.Tensor:
     dataset = loaded.dataset
     if users is None:
         return torch.arange(1, dataset.user_num)
-    tokens = np.asarray([str(u) for u in users])
-    vocab = dataset.field2token_id[dataset.uid_field]
-    unknown = [t for t in tokens if t not in vocab or vocab[t] == 0]
-    if unknown:
-        raise ValueError(f"{source}: user id {unknown[0]!r} is not in dataset '{dataset.dataset_name}'"
-                         + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-    return torch.tensor([vocab[t] for t in tokens], dtype=torch.long)
+    return token_ids(dataset, dataset.uid_field, users, f"{source}: user id")
+
+
+def token_ids(dataset, field: str, tokens, what: str) -> torch.Tensor:
+    """Internal ids of ``tokens`` of ``field``; the first unknown one (or the padding token) is a
+    ``ValueError`` starting with ``what``."""
+    tokens = pd.Index(np.asarray(list(tokens)).astype(str))
+    ids = pd.Index(dataset.field2id_token[field].astype(str)).get_indexer(tokens)
+    bad = np.flatnonzero(ids <= 0)
+    if len(bad):
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(f"{what} {tokens[bad[0]]!r} is not in dataset '{dataset.dataset_name}'{more}")
+    return torch.from_numpy(ids).long()
 
 
 def read_user_file(path: str) -> list:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recbole_mm.recommend import check_output, load, scoring_embeddings, write_table
+from recbole_mm.recommend import check_output, load, scoring_embeddings, token_ids, write_table
 
 
 def item_vectors(loaded, features: str | None = None) -> torch.Tensor:
@@ -39,17 +39,14 @@ def similar_items(checkpoint_or_model, items, topk: int = 10, features: str | No
 
     loaded = load(checkpoint_or_model)
     dataset = loaded.dataset
-    vocab = dataset.field2token_id[dataset.iid_field]
-    tokens = [str(t) for t in items]
-    unknown = [t for t in tokens if vocab.get(t, 0) == 0]
-    if unknown:
-        raise ValueError(f"--items: item id {unknown[0]!r} is not in dataset '{dataset.dataset_name}'")
+    ids = token_ids(dataset, dataset.iid_field, items, "--items: item id")
+    tokens = dataset.field2id_token[dataset.iid_field][ids.numpy()]
     if topk < 1:
         raise ValueError(f"topk must be at least 1, got {topk}")
     vectors = item_vectors(loaded, features)
     neighbours, sims = knn_indices(vectors, topk, include_self=False,
                                    backend=loaded.config["knn_backend"] or "torch")
-    rows = torch.tensor([vocab[t] - 1 for t in tokens], dtype=torch.long)
+    rows = ids - 1  # vectors have no padding row
     nb, sim = neighbours[rows].cpu(), sims[rows].cpu()
     k = nb.shape[1]
     id2token = dataset.field2id_token[dataset.iid_field]

@@ -73,8 +73,8 @@ def main(argv=None):
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    lines = ["| model | test Recall@20 | test NDCG@20 | cold Recall@20 | cold NDCG@20 | warm Recall@20 | warm NDCG@20 |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    header = " | ".join(f"{part} {m}" for part in ("test", "cold", "warm") for m in ("Recall@20", "NDCG@20"))
+    lines = [f"| model | {header} |", "|" + " --- |" * 7]
     for spec_text in args.models:
         model, extra = parse_model_spec(spec_text)
         spec = {"model": model, "seed": args.seed, "dataset": args.dataset,

@@ -123,7 +123,8 @@ def _scatter(ax, xy, kind, values, plt):
     if kind == "popularity":
         zero = values == 0
         if zero.any():
-            ax.scatter(xy[zero, 0], xy[zero, 1], s=6, c="lightgrey", label=f"no training interaction ({int(zero.sum())})")
+            ax.scatter(xy[zero, 0], xy[zero, 1], s=6, c="lightgrey",
+                       label=f"no training interaction ({int(zero.sum())})")
             ax.legend(loc="lower right", fontsize=8, markerscale=2)
         points = ax.scatter(xy[~zero, 0], xy[~zero, 1], s=6, c=np.log10(values[~zero]), cmap="viridis")
         return points

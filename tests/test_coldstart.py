@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import math
 
 import pytest
@@ -149,3 +150,17 @@ def test_undeclared_models_ignore_cold_content(model, tiny_dataset):
     data_path, name = tiny_dataset
     before, after = (_cold_scores(model, data_path, name, swap) for swap in (False, True))
     assert torch.equal(before, after) and model not in _declared()
+
+
+def test_restricted_to_all_items_is_recboles_test_result(tiny_dataset, run_config):
+    """Restricted to every item, the metric is RecBole's own TEST_RESULT (same users, masks, formulas)."""
+    from recbole_mm.quick_start import load_data_and_model, run_recbole_mm
+
+    data_path, name = tiny_dataset
+    result = run_recbole_mm("LightGCN", name, config_dict=dict(run_config, data_path=data_path, epochs=1),
+                            print_result=False)
+    (path,) = glob.glob(run_config["checkpoint_dir"] + "/LightGCN-*.pth")
+    config, model, dataset, _, _, test_data = load_data_and_model(path)
+    mine = restricted_metrics(model, test_data, torch.arange(1, dataset.item_num), config)
+    for key in ("recall@10", "recall@20", "ndcg@10", "ndcg@20"):
+        assert mine[key] == pytest.approx(result["test_result"][key], abs=1e-4)

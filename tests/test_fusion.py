@@ -185,3 +185,23 @@ def test_alignrec_attention_fusions(tiny_dataset, fusion):
         torch.testing.assert_close(h, m.fusion([h_id, h_mm]))
     m.calculate_loss(next(iter(train))).backward()
     assert m.fusion.attn.in_proj_weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--fusion=max"], "fusion must be one of"),
+    (["--fusion=cross_attention", "--use_modalities=['text']"], "cross_attention needs at least two modalities"),
+    (["--fusion=non_invasive", "--fusion_heads=3"], "3 heads do not divide the dimension 16"),
+    (["--fusion_stage=middle"], "fusion_stage must be one of"),
+])
+def test_bad_fusion_settings_are_one_line_errors(tiny_dataset, monkeypatch, capsys, args, message):
+    import sys
+
+    from recbole_mm.quick_start import main
+
+    data_path, name = tiny_dataset
+    argv = ["--model=FREEDOM", f"--dataset={name}", f"--data_path={data_path}", "--epochs=1",
+            "--embedding_size=16", "--state=WARNING", *args]
+    monkeypatch.setattr(sys, "argv", ["run_recbole_mm.py", *argv])
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0]

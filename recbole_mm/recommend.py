@@ -110,8 +110,8 @@ def _train_matrix(loaded: Loaded) -> sp.csr_matrix:
 
 def score_batches(loaded: Loaded, uids: torch.Tensor, batch_size: int | None = None, exclude_train: bool = True,
                   show_progress: bool = False):
-    """Yield ``(uids, scores)`` per batch of users: ``full_sort_predict`` over all items, the padding
-    item and (with ``exclude_train``) the user's training items at ``-inf``."""
+    """Yield ``(uids, scores)`` per batch of users: ``full_sort_predict`` over all items (on the model's
+    device), the padding item and (with ``exclude_train``) the user's training items at ``-inf``."""
     from tqdm.auto import tqdm
 
     model, dataset = loaded.model, loaded.dataset
@@ -124,11 +124,12 @@ def score_batches(loaded: Loaded, uids: torch.Tensor, batch_size: int | None = N
         for start in tqdm(starts, desc="ranking users", unit="batch", disable=not show_progress):
             batch = uids[start:start + batch_size]
             inter = Interaction({dataset.uid_field: batch}).to(device)
-            scores = model.full_sort_predict(inter).view(len(batch), n_items).float().cpu()
+            scores = model.full_sort_predict(inter).view(len(batch), n_items).float()  # on the model's device
             scores[:, 0] = -torch.inf
             if train is not None:
                 seen = train[batch.numpy()].tocoo()
-                scores[torch.from_numpy(seen.row).long(), torch.from_numpy(seen.col).long()] = -torch.inf
+                rows, cols = (torch.from_numpy(a).long().to(scores.device) for a in (seen.row, seen.col))
+                scores[rows, cols] = -torch.inf
             yield batch, scores
 
 
@@ -147,7 +148,7 @@ def recommend(checkpoint_or_model, users=None, topk: int = 50, exclude_train: bo
     parts = []
     for batch, scores in score_batches(loaded, uids, batch_size, exclude_train, show_progress):
         values, items = torch.topk(scores, k, dim=1)
-        parts.append((batch.repeat_interleave(k), items.reshape(-1), values.reshape(-1)))
+        parts.append((batch.repeat_interleave(k), items.reshape(-1).cpu(), values.reshape(-1).cpu()))
     user = torch.cat([p[0] for p in parts]).numpy()
     item = torch.cat([p[1] for p in parts]).numpy()
     score = torch.cat([p[2] for p in parts]).numpy()

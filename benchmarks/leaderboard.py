@@ -38,6 +38,7 @@ import io
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -540,7 +541,7 @@ def _main(argv, runner=None):
               f"-point grid, then {args.seeds} seed(s)", file=sys.stderr, flush=True)
         chosen[model] = tune_and_retrain(model, points, args, journal, runner, out)
     rows = summarize(chosen, journal, args, out)
-    command = "python benchmarks/leaderboard.py " + " ".join(argv)
+    command = "python benchmarks/leaderboard.py " + shlex.join(argv)
     atomic_write_text(os.path.join(out, "leaderboard.csv"), to_csv(rows))
     table = to_markdown(rows, args, command)
     atomic_write_text(os.path.join(out, "leaderboard.md"), table)

@@ -38,7 +38,7 @@ import io
 import json
 import math
 import os
-import shlex
+import re
 import shutil
 import subprocess
 import sys
@@ -445,6 +445,14 @@ def plot(rows, path: str, title: str) -> bool:
 # ---------------------------------------------------------------- command line
 
 
+def _shell_word(arg: str) -> str:
+    """``arg`` as a shell reads it back: bare when plain, else in double quotes (readable for
+    ``"--use_modalities=['text','audio']"``, unlike shlex's nested single quotes)."""
+    if re.fullmatch(r"[\w@%+=:,./-]+", arg):
+        return arg
+    return '"' + re.sub(r'(["\\$`])', r"\\\1", arg) + '"'
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True)
@@ -541,7 +549,7 @@ def _main(argv, runner=None):
               f"-point grid, then {args.seeds} seed(s)", file=sys.stderr, flush=True)
         chosen[model] = tune_and_retrain(model, points, args, journal, runner, out)
     rows = summarize(chosen, journal, args, out)
-    command = "python benchmarks/leaderboard.py " + shlex.join(argv)
+    command = "python benchmarks/leaderboard.py " + " ".join(map(_shell_word, argv))
     atomic_write_text(os.path.join(out, "leaderboard.csv"), to_csv(rows))
     table = to_markdown(rows, args, command)
     atomic_write_text(os.path.join(out, "leaderboard.md"), table)

@@ -34,6 +34,18 @@ def test_embedding_map(tiny_dataset, run_config, tmp_path, capsys):
     assert _is_png(out)
     with pytest.raises(ValueError, match="'genre' is not 'popularity' or an item field"):
         plot.plot_embeddings(loaded, str(tmp_path / "c.png"), color="genre")
+    # a categorical item field (as an .item file would give): legend by value
+    import torch
+    from recbole.data.interaction import Interaction
+
+    ds = loaded.dataset
+    genre = torch.tensor([0] + [1 + i % 3 for i in range(ds.item_num - 1)])
+    ds.item_feat = Interaction({ds.iid_field: torch.arange(ds.item_num), "genre": genre})
+    ds.field2id_token["genre"] = np.array(["[PAD]", "rock", "pop", "jazz"])
+    kind, values = plot.item_colours(loaded, "genre")
+    assert kind == "category" and list(values[:4]) == ["rock", "pop", "jazz", "rock"]
+    plot.plot_embeddings(loaded, str(tmp_path / "c.png"), color="genre")
+    assert _is_png(tmp_path / "c.png")
 
 
 def test_projection_is_seeded():

@@ -51,17 +51,49 @@ from recbole_mm.model.layers import ModalityProjector, lightgcn_propagate, split
 from recbole_mm.model.loss import bpr_loss
 
 
+class _RowLogSumExp(torch.autograd.Function):
+    """``lse_i = log(sum_j e^{<a_i, b_j>} + e^{extra_i})`` (``extra`` optional) for logits bounded above
+    by ``bound`` (``1 / t`` for cosines at temperature ``t``), with the gradient written out:
+    ``dlse_i/da_i = sum_j p_ij b_j``, ``dlse_i/db_j = sum_i p_ij a_i``, ``p`` the row softmax. The
+    ``(B, B)`` block is one shifted product and one in-place ``exp`` forward (the bound replaces the
+    row maxima; ``e^{-2 bound}`` stays a normal float for ``bound < 43``), two products backward;
+    autograd would keep the logits, the concatenated column and the diagonal's scatter, and
+    exponentiate again in backward."""
+
+    @staticmethod
+    def forward(ctx, a, b, extra, bound):
+        shifted = torch.addmm(a.new_full((1,), -bound), a, b.T).exp_()  # e^{logit - bound}
+        total = shifted.sum(1)
+        if extra is not None:
+            total = total + (extra - bound).exp()
+        ctx.save_for_backward(a, b, shifted, total, extra)
+        ctx.bound = bound
+        return total.log() + bound
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, shifted, total, extra = ctx.saved_tensors
+        g = (grad / total).unsqueeze(1)  # p = shifted / total
+        grad_extra = None
+        if extra is not None and ctx.needs_input_grad[2]:
+            grad_extra = (extra - ctx.bound).exp() * g.squeeze(1)
+        return (shifted @ b) * g, shifted.T @ (a * g), grad_extra, None
+
+
 def info_nce_hard(a: torch.Tensor, b: torch.Tensor, hard: torch.Tensor | None, temperature: float) -> torch.Tensor:
     """In-batch InfoNCE with one extra negative per anchor (MMGCL's negative sampling).
 
     ``-mean_i log( e^{c(a_i,b_i)/t} / (sum_j e^{c(a_i,b_j)/t} + e^{c(a_i,h_i)/t}) )`` on cosines ``c``;
     ``hard=None`` is the plain in-batch InfoNCE. A generic block (shared candidate).
     """
-    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    logits = a @ b.T / temperature
-    if hard is not None:
-        logits = torch.cat([logits, (a * F.normalize(hard, dim=-1)).sum(-1, keepdim=True) / temperature], 1)
-    return (torch.logsumexp(logits, 1) - logits.diagonal()).mean()
+    a, b = F.normalize(a, dim=-1) / temperature, F.normalize(b, dim=-1)
+    extra = None if hard is None else (a * F.normalize(hard, dim=-1)).sum(-1)
+    if 1.0 / temperature >= 43:  # e^{-2/t} would underflow: autograd's max-shifted form
+        logits = a @ b.T if extra is None else torch.cat([a @ b.T, extra.unsqueeze(1)], 1)
+        lse = torch.logsumexp(logits, 1)
+    else:
+        lse = _RowLogSumExp.apply(a, b, extra, 1.0 / temperature)
+    return (lse - (a * b).sum(-1)).mean()
 
 
 def swap_block(x: torch.Tensor, block: torch.Tensor, k: int) -> torch.Tensor:
@@ -135,12 +167,15 @@ class MMGCL(MultimodalRecommender):
         u1, i1 = split_users_items(view1, self.n_users)
         u2, i2 = split_users_items(view2, self.n_users)
         hard_u = hard_i = None
+        # index_select: its backward is one index_add (x[idx]'s goes through index_put)
+        u2_user, i2_pos = u2.index_select(0, user), i2.index_select(0, pos)
         if self.hard_negative:
             k = 1 + int(torch.randint(len(self.modalities), ()))  # the modality branch swapped
-            hard_i = self.read_item(swap_block(i2[pos], self.branch(i2[neg], k), k))
-            hard_u = self.read_user(swap_block(u2[user], self.branch(u2[user.roll(1)], k), k))
-        return (info_nce_hard(self.read_user(u1[user]), self.read_item(i2[pos]), hard_i, self.ssl_temp)
-                + info_nce_hard(self.read_item(i1[pos]), self.read_user(u2[user]), hard_u, self.ssl_temp))
+            hard_i = self.read_item(swap_block(i2_pos, self.branch(i2, k).index_select(0, neg), k))
+            hard_u = self.read_user(swap_block(u2_user, self.branch(u2_user.roll(1, 0), k), k))
+        return (info_nce_hard(self.read_user(u1.index_select(0, user)), self.read_item(i2_pos), hard_i, self.ssl_temp)
+                + info_nce_hard(self.read_item(i1.index_select(0, pos)), self.read_user(u2_user), hard_u,
+                                self.ssl_temp))
 
     def calculate_loss(self, interaction):
         user, pos, neg = interaction[self.USER_ID], interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
@@ -148,7 +183,8 @@ class MMGCL(MultimodalRecommender):
         ego = self.ego(inputs)
         full = self.propagate(ego)
         users, items = split_users_items(full, self.n_users)
-        u, p, n = self.read_user(users[user]), self.read_item(items[pos]), self.read_item(items[neg])
+        u = self.read_user(users.index_select(0, user))
+        p, n = self.read_item(items.index_select(0, pos)), self.read_item(items.index_select(0, neg))
         loss = bpr_loss((u * p).sum(1), (u * n).sum(1))
         if self.ssl_alpha > 0:
             loss = loss + self.ssl_alpha * self.ssl_loss(*self.views(ego, full, inputs), user, pos, neg)

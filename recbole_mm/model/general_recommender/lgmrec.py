@@ -28,7 +28,6 @@ from recbole_mm.model.loss import bpr_loss
 
 
 class LGMRec(MultimodalRecommender):
-    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

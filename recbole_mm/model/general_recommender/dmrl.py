@@ -97,6 +97,7 @@ def disentangle_loss_stacked(factor_sets, eps: float = 1e-5) -> torch.Tensor:
 
 
 class DMRL(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

@@ -103,6 +103,7 @@ def swap_block(x: torch.Tensor, block: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class MMGCL(MultimodalRecommender):
+    scores_cold_items = True  # items are scored from their content features (cold_items)
     input_type = InputType.PAIRWISE
 
     def __init__(self, config, dataset):

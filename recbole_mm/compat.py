@@ -182,19 +182,22 @@ def make_compatible(trainer_cls):
     return _COMPAT_CACHE[trainer_cls]
 
 
-def grid_search(new_ids, domain, trials, seed, names, sizes):
+def grid_search(new_ids, domain, trials, seed, names, sizes=None, points=None):
     """Deterministic exhaustive search, a hyperopt ``algo``.
 
     RecBole 1.2.1's ``exhaustive_search`` samples the grid with a ``numpy.random.RandomState``,
     which hyperopt >= 0.2.7 no longer accepts (it calls ``rng.integers``). This enumerates the
-    grid of ``hp.choice`` indices in order instead, skipping points already tried.
+    grid of ``hp.choice`` indices in order instead, skipping points already tried. ``points`` (index
+    tuples over ``names``) replaces the full grid of ``sizes`` by a subset, tried in the given order
+    (``run_hyper.py --budget``).
     """
     import itertools
 
     from hyperopt.base import miscs_update_idxs_vals
 
     seen = {tuple(t["misc"]["vals"][n][0] for n in names) for t in trials.trials}
-    remaining = (p for p in itertools.product(*(range(s) for s in sizes)) if p not in seen)
+    grid = itertools.product(*(range(s) for s in sizes)) if points is None else points
+    remaining = (p for p in grid if p not in seen)
     docs = []
     for new_id in new_ids:
         point = next(remaining, None)

@@ -22,7 +22,7 @@ import math
 import sys
 from functools import partial
 
-from recbole_mm.compat import hyper_tuning_class
+from recbole_mm.compat import grid_search, hyper_tuning_class
 from recbole_mm.io import atomic_write_text
 from recbole_mm.quick_start import objective_function
 from recbole_mm.utils import canonical_model_name
@@ -62,24 +62,6 @@ def result_table(tuner, metric_keys=("recall@20", "ndcg@20")) -> str:
             [f"{test.get(k, float('nan')):.4f}" for k in metric_keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def subset_search(new_ids, domain, trials, seed, names, points):
-    """A hyperopt ``algo`` that tries the grid points ``points`` (index tuples over ``names``) in
-    order, skipping those already tried: :func:`recbole_mm.compat.grid_search` over a subset."""
-    from hyperopt.base import miscs_update_idxs_vals
-
-    seen = {tuple(t["misc"]["vals"][n][0] for n in names) for t in trials.trials}
-    remaining = (p for p in points if p not in seen)
-    docs = []
-    for new_id in new_ids:
-        point = next(remaining, None)
-        if point is None:
-            break
-        misc = dict(tid=new_id, cmd=domain.cmd, workdir=domain.workdir)
-        miscs_update_idxs_vals([misc], {n: [new_id] for n in names}, {n: [v] for n, v in zip(names, point)})
-        docs.extend(trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc]))
-    return docs
 
 
 def search_seed(extra_argv, config_files=None) -> int:
@@ -130,7 +112,7 @@ def build_tuner(args, objective, files, extra_argv):
         chosen = search_space.sample_indices(sizes, args.budget, seed)
         names = sorted(order)  # hyperopt's (and grid_search's) order
         points = [tuple(p[order.index(n)] for n in names) for p in chosen]
-        tuner.algo = partial(subset_search, names=names, points=points)
+        tuner.algo = partial(grid_search, names=names, points=points)
         tuner.max_evals = len(points)
         source += f", {len(points)} of {math.prod(sizes)} grid points (seed {seed})"
     return tuner, source

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from recbole.data.interaction import Interaction
 
 from recbole_mm.model.layers import FactorModalityAttention, split_factors
-from recbole_mm.model.general_recommender.dmrl import disentangle_loss_stacked
 from recbole_mm.model.loss import disentangle_loss, distance_correlation_matrix
 from tests.test_models import _build
 
@@ -96,16 +95,19 @@ def test_distance_correlation_matches_definition():
     assert torch.isfinite(flat.grad).all()
 
 
-def test_stacked_disentangle_loss_matches_loss_module():
-    """The batched dCor with its written-out centred-Gram backward equals loss.disentangle_loss, value
-    and gradients (a dependent factor pair included, and identical rows hitting the eps clamps)."""
+def test_stacked_disentangle_loss_matches_reference():
+    """loss.disentangle_loss (one batched dCor with its written-out centred-Gram backward) equals the
+    readable per-set form over distance_correlation_matrix, value and gradients (a dependent factor
+    pair included, identical rows hitting the eps clamps, and a set of another size)."""
     torch.manual_seed(0)
-    sets = [torch.randn(20, 3, 4, dtype=torch.float64) for _ in range(3)]
+    sets = [torch.randn(20, 3, 4, dtype=torch.float64) for _ in range(3)] + [torch.randn(7, 3, 4, dtype=torch.float64)]
     sets[1][:, 2] = sets[1][:, 0] ** 2
     sets[2][:5] = sets[2][5]
     ours = [s.clone().requires_grad_() for s in sets]
     ref = [s.clone().requires_grad_() for s in sets]
-    value, expected = disentangle_loss_stacked(ours), disentangle_loss(ref)
+    upper = torch.triu(torch.ones(3, 3, dtype=torch.bool), 1)
+    value = disentangle_loss(ours)
+    expected = sum(distance_correlation_matrix(f)[upper].sum() for f in ref) / 6
     torch.testing.assert_close(value, expected)
     value.backward()
     expected.backward()

@@ -29,7 +29,7 @@ factor (with ``K = 2`` its loss is 0); we sum over all factor pairs (the paper);
 
 Cost: the dCor dominates a step (``(1 + M) K`` distance matrices of ``dcor_rows^2``); it is computed
 for all representations at once, with the double-centred Gram's backward written out
-(:func:`disentangle_loss_stacked`), and the item encoders run once per distinct batch item.
+(:func:`recbole_mm.model.loss.disentangle_loss`), and the item encoders run once per distinct batch item.
 """
 
 from __future__ import annotations
@@ -42,58 +42,7 @@ from torch import nn
 
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
 from recbole_mm.model.layers import FactorModalityAttention, split_factors
-
-
-# -- generic blocks (shared candidates: a stacked, faster form of loss.disentangle_loss) -------------
-class _CentredDistanceGram(torch.autograd.Function):
-    """``(R, K, K)`` Grams ``<A_k, A_l>`` of the double-centred ``A = H D H`` of the distance matrices
-    ``D_ij = sqrt(max(||x_i - x_j||^2, eps))`` of ``x`` ``(R, K, n, f)``, with the backward written out:
-    ``d<A_k, A_l>/dD_k = A_l`` (``H`` is a symmetric projection), so ``dL/dD = (G + G^T) A``; then
-    ``dL/dd2 = dL/dD / (2 D)`` where unclamped, and for the symmetric ``S = dL/dd2``
-    ``dL/dx_i = 4 (sum_j S_ij x_i - sum_j S_ij x_j)``. Autograd would keep and revisit every
-    ``n x n`` intermediate (squared distances, clamp, root, the three means)."""
-
-    @staticmethod
-    def forward(ctx, x, eps):
-        r, k, n, f = x.shape
-        flat_x = x.reshape(r * k, n, f)
-        sq = flat_x.square().sum(-1)
-        d2 = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), flat_x, flat_x.transpose(1, 2), alpha=-2)
-        kept = d2 >= eps  # where clamp_min passes the gradient
-        dist = d2.clamp_min_(eps).sqrt_()
-        mean = dist.mean(-1)  # D is symmetric: row means = column means
-        centred = (dist - mean.unsqueeze(-1)).sub_(mean.unsqueeze(-2)).add_(mean.mean(-1)[..., None, None])
-        centred = centred.view(r, k, n * n)
-        ctx.save_for_backward(flat_x, dist, kept, centred)
-        ctx.shape = x.shape
-        return centred @ centred.transpose(1, 2)
-
-    @staticmethod
-    def backward(ctx, grad):
-        flat_x, dist, kept, centred = ctx.saved_tensors
-        grad_d2 = (0.5 * (grad + grad.transpose(1, 2)) @ centred).view_as(dist)  # dL/dD / 2
-        grad_d2 = grad_d2.div_(dist).masked_fill_(~kept, 0.0)  # dL/dd2, symmetric
-        grad_x = 4 * (grad_d2.sum(-1, keepdim=True) * flat_x - grad_d2 @ flat_x)
-        return grad_x.view(ctx.shape), None
-
-
-def distance_correlation_stacked(factors: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """``(R, K, K)`` distance correlations of the K factors of each of R representations
-    ``factors`` ``(R, n, K, f)``: :func:`recbole_mm.model.loss.distance_correlation_matrix` for all R
-    in one batched pass (same clamps)."""
-    n = factors.shape[1]
-    cov = (_CentredDistanceGram.apply(factors.transpose(1, 2), eps) / (n * n)).clamp_min(eps).sqrt()
-    var = cov.diagonal(dim1=1, dim2=2)
-    return cov / (var.unsqueeze(1) * var.unsqueeze(2)).sqrt()
-
-
-def disentangle_loss_stacked(factor_sets, eps: float = 1e-5) -> torch.Tensor:
-    """:func:`recbole_mm.model.loss.disentangle_loss` (sum of ``dCor`` over factor pairs ``k < l``
-    and representations, over ``K (K + 1) / 2``) for same-shaped ``(n, K, f)`` sets."""
-    n_factors = factor_sets[0].shape[1]
-    dcor = distance_correlation_stacked(torch.stack(factor_sets), eps)
-    upper = torch.triu(torch.ones(n_factors, n_factors, dtype=torch.bool, device=dcor.device), 1)
-    return dcor[:, upper].sum() / (n_factors * (n_factors + 1) / 2)
+from recbole_mm.model.loss import disentangle_loss
 
 
 class DMRL(MultimodalRecommender):
@@ -154,7 +103,7 @@ class DMRL(MultimodalRecommender):
         loss = F.softplus(-(scores[0] - hardest_neg)).sum()
         if self.dcor_weight > 0 and self.n_factors > 1:
             rows = min(n_pos, self.dcor_rows) if self.dcor_rows else n_pos
-            loss = loss + self.dcor_weight * disentangle_loss_stacked([u[:rows]] + [x[:rows] for x in items])
+            loss = loss + self.dcor_weight * disentangle_loss([u[:rows]] + [x[:rows] for x in items])
         return loss
 
     def predict(self, interaction):

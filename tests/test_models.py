@@ -116,6 +116,25 @@ def test_modality_weights_validation(tiny_dataset):
         m.modality_weights({"audio": 0.3})
 
 
+def test_feature_norm(tiny_dataset):
+    """``feature_norm`` transforms what the model sees; the dataset's tensors stay as stored."""
+    data_path, name = tiny_dataset
+    _, raw, train = _build("VBPR", data_path, name)
+    stored = train.dataset.item_features["image"].float()
+    torch.testing.assert_close(raw.modality_feature("image"), stored)
+    _, m, _ = _build("VBPR", data_path, name, feature_norm="l2")
+    by_hand = stored / stored.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    torch.testing.assert_close(m.modality_feature("image"), by_hand)
+    _, m, _ = _build("VBPR", data_path, name, feature_norm="standard")
+    real = m.modality_feature("image")[1:]
+    torch.testing.assert_close(real.mean(0), torch.zeros(real.shape[1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(real.std(0, unbiased=False), torch.ones(real.shape[1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(m.modality_feature("image")[0], stored[0])  # padding row untouched
+    torch.testing.assert_close(train.dataset.item_features["image"].float(), stored)
+    with pytest.raises(ValueError, match="feature_norm"):
+        _build("VBPR", data_path, name, feature_norm="minmax")
+
+
 @pytest.mark.parametrize("fusion", ["sum", "mean", "concat", "gate", "attention"])
 def test_alignrec_fusions(tiny_dataset, run_config, fusion):
     data_path, name = tiny_dataset

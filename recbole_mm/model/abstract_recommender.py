@@ -33,6 +33,29 @@ from recbole_mm.model.layers import SparseOperator, split_users_items
 from recbole_mm.model.loss import bpr_l2, info_nce, joint_bpr
 
 
+FEATURE_NORMS = ("l2", "standard")
+
+
+def normalise_features(feat: torch.Tensor, mode: str | None) -> torch.Tensor:
+    """The ``feature_norm`` preprocessing of one modality's ``(n_items, d)`` matrix (row 0 = padding).
+
+    ``None``: as stored. ``l2``: each item's row scaled to unit length. ``standard``: each dimension
+    centred and scaled to unit variance over the real items. Raw activations such as VGGish's
+    0-255 codes (row norms ~1,500 against ~1 for sentence embeddings) otherwise saturate a
+    ``tanh`` encoder and let one modality outweigh the ID embedding in additive fusion.
+    """
+    if mode is None:
+        return feat
+    if mode not in FEATURE_NORMS:
+        raise ValueError(f"feature_norm must be one of {FEATURE_NORMS} or ~, got {mode!r}")
+    if mode == "l2":
+        return F.normalize(feat, dim=1)
+    real = feat[1:]
+    out = feat.clone()
+    out[1:] = (real - real.mean(0)) / real.std(0, unbiased=False).clamp_min(1e-12)
+    return out
+
+
 @dataclass(frozen=True)
 class FeatureRequest:
     """A derived item feature a model needs before it is built, produced by the pipeline.
@@ -78,8 +101,9 @@ class MultimodalRecommender(GeneralRecommender):
         # where the model's tensors are now (RecBole's ``device`` attribute is fixed at build time)
         self.register_buffer("_device_probe", torch.empty(0), persistent=False)
         self.modalities = list(features)
+        norm = config["feature_norm"] if "feature_norm" in config else None
         for name, feat in features.items():
-            self.register_buffer(self._buffer_name(name), feat.float(), persistent=False)
+            self.register_buffer(self._buffer_name(name), normalise_features(feat.float(), norm), persistent=False)
         self.knn_backend = config["knn_backend"] or "torch"
         self.graph_cache_dir = graph_cache_dir(config)
         # training interactions stay on CPU: graphs are built (and pruning sampled) there, so the

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from recbole_mm.io import atomic_write_text, staged_output_dir  # noqa: F401 (re-exported)
+from recbole_mm.io import atomic_save_npy, atomic_write_text, staged_output_dir, write_ids  # noqa: F401 (re-exported)
 
 SPLITS = ("train", "valid", "test")
 
@@ -178,6 +181,79 @@ def write_dataset_yaml(folder: str, name: str, modalities: dict, source: str, ex
     atomic_write_text(os.path.join(folder, f"{name}.yaml"), header + yaml.safe_dump(config, sort_keys=False))
 
 
+def output_dir(output_root: str, name: str, force: bool) -> str:
+    """``<output_root>/<name>`` (absolute), refused at once when it exists and not ``force``: a converter
+    with slow steps before writing calls it first (the staging checks again, under its lock)."""
+    out_dir = os.path.join(os.path.abspath(output_root), name)
+    if os.path.exists(out_dir) and not force:
+        raise FileExistsError(f"output {out_dir} already exists; pass --force to overwrite it")
+    return out_dir
+
+
+class DatasetOutput:
+    """The staged dataset folder a converter fills (see :func:`dataset_output`): ``dir`` is where it
+    will be, ``stage`` where files go now, ``modalities`` the ``{name: feature file}`` of the yaml."""
+
+    def __init__(self, out_dir: str, stage: str):
+        self.dir, self.stage, self.modalities = out_dir, stage, {}
+
+    def save_modality(self, name: str, matrix: np.ndarray, ids) -> None:
+        """``<name>_feat.npy`` with its rows' item tokens in ``<name>_feat.ids``."""
+        atomic_save_npy(os.path.join(self.stage, f"{name}_feat.npy"), matrix)
+        write_ids(os.path.join(self.stage, f"{name}_feat.ids"), ids)
+        self.modalities[name] = f"{name}_feat.npy"
+
+    def copy(self, path: str, modality: str = None) -> None:
+        """Copy ``path`` into the folder as it is (a feature file when ``modality`` names it)."""
+        shutil.copyfile(path, os.path.join(self.stage, os.path.basename(path)))
+        if modality is not None:
+            self.modalities[modality] = os.path.basename(path)
+
+
+@contextlib.contextmanager
+def dataset_output(output_root: str, name: str, splits: dict, source: str, force: bool = False):
+    """Write ``<output_root>/<name>/`` as every converter does: staged (see ``staged_output_dir``), the
+    split files first, then what the ``with`` body adds to the yielded :class:`DatasetOutput`, the
+    dataset yaml (``source`` in its header) last; published in one rename when the body succeeds."""
+    out_dir = output_dir(output_root, name, force)
+    with staged_output_dir(out_dir, force=force) as stage:
+        out = DatasetOutput(out_dir, stage)
+        write_split_files(stage, name, splits)
+        yield out
+        write_dataset_yaml(stage, name, out.modalities, source=source)
+
+
+def read_feature_files(folder: str):
+    """``(modality, path, matrix)`` of every ``*_feat.npy`` in ``folder``, sorted (modality: the file
+    name without ``_feat.npy``), read with the dataset loader's checks: a truncated, text or
+    object-dtype file is an error naming it."""
+    from recbole_mm.data.features import FeatureError, read_feature_matrix
+
+    for path in sorted(glob.glob(os.path.join(folder, "*_feat.npy"))):
+        modality = os.path.basename(path)[: -len("_feat.npy")]
+        try:
+            matrix = read_feature_matrix(path, modality)
+        except FeatureError as exc:
+            raise ConversionError(str(exc)) from exc
+        yield modality, path, matrix
+
+
+def encode_text(texts, model: str, batch_size: int, device: str) -> np.ndarray:
+    """Sentence-transformers features of ``texts`` (the text modality), checked as a feature file is."""
+    from recbole_mm.encoders.text import encode_texts
+
+    features = encode_texts(texts, model=model, batch_size=batch_size, device=device)
+    return check_features(features, f"text features from {model}")
+
+
+def add_output_arguments(parser):
+    """The arguments every converter ends with: ``output_root`` and ``--force``. Added last, they still
+    read in place: argparse lists (and parses) positionals and options apart, each in added order."""
+    parser.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
+    parser.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
+    return parser
+
+
 def summary(name: str, splits: dict) -> str:
     users = np.unique(np.concatenate([splits[s][0] for s in SPLITS]))
     items = np.unique(np.concatenate([splits[s][1] for s in SPLITS]))
@@ -212,17 +288,23 @@ def run_cli(main, argv=None) -> int:
 
 __all__ = [
     "ConversionError",
+    "DatasetOutput",
     "SPLITS",
+    "add_output_arguments",
     "check_features",
     "check_integer_column",
     "check_pairs",
     "check_splits",
     "converter_parser",
-    "report",
+    "dataset_output",
+    "encode_text",
     "k_core",
     "ordered_user_split",
+    "output_dir",
     "random_user_split",
+    "read_feature_files",
     "read_table",
+    "report",
     "require_interactions",
     "run_cli",
     "split_by_label",

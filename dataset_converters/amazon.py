@@ -31,23 +31,23 @@ import pandas as pd
 
 from dataset_converters._common import (
     ConversionError,
-    check_features,
     check_pairs,
+    add_output_arguments,
     check_splits,
     converter_parser,
+    dataset_output,
+    encode_text,
     k_core,
     ordered_user_split,
+    output_dir,
     random_user_split,
     read_table,
     report,
     require_interactions,
     run_cli,
     split_by_label,
-    staged_output_dir,
-    write_dataset_yaml,
-    write_split_files,
 )
-from recbole_mm.io import atomic_save_npy, atomic_write_text, write_ids
+from recbole_mm.io import atomic_write_text
 
 TEXT_FIELDS = ("title", "brand", "categories", "description")
 
@@ -150,7 +150,6 @@ def build_parser():
     p = converter_parser("dataset_converters.amazon", __doc__)
     p.add_argument("reviews", help="reviews_<Cat>_5.json(.gz) (2014) or <Cat>_5.json(.gz) (2018)")
     p.add_argument("meta", help="meta_<Cat>.json(.gz)")
-    p.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
     p.add_argument("--name", required=True, help="dataset name, e.g. baby")
     p.add_argument("--k-core", type=int, default=5, help="min interactions per user and per item (default 5)")
     p.add_argument("--seed", type=int, default=2020, help="seed of the random per-user 8:1:1 split")
@@ -164,8 +163,7 @@ def build_parser():
     p.add_argument("--device", default="cpu", help="text encoder device")
     p.add_argument("--dedupe", action="store_true", help="--split-from: drop repeated (user, item) rows and pairs "
                    "in two splits (default: refuse them)")
-    p.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
-    return p
+    return add_output_arguments(p)
 
 
 def interactions(args):
@@ -211,9 +209,7 @@ def interactions(args):
 def convert(args) -> str:
     splits, umap, imap = interactions(args)
     check_splits(splits, args.split_from or args.reviews)
-    out_dir = os.path.join(os.path.abspath(args.output_root), args.name)
-    if os.path.exists(out_dir) and not args.force:
-        raise FileExistsError(f"output {out_dir} already exists; pass --force to overwrite it")
+    output_dir(args.output_root, args.name, args.force)  # an existing output is refused before reading meta
     meta = read_meta(args.meta, imap["raw"])
     items = imap.merge(meta, left_on="raw", right_on="asin", how="left").drop(columns=["asin"])
     items = items.rename(columns={"raw": "asin"}).fillna("")
@@ -221,29 +217,22 @@ def convert(args) -> str:
     has_text = (items["text"].str.strip() != "").to_numpy()
     print(f"metadata for {len(meta):,} of {len(imap):,} items; {int(has_text.sum()):,} with text, "
           f"{int((items['image_url'] != '').sum()):,} with an image URL")
-    modalities = {}
-    with staged_output_dir(out_dir, force=args.force) as stage:
-        write_split_files(stage, args.name, splits)
-        atomic_write_text(os.path.join(stage, "i_id_mapping.csv"),
+    with dataset_output(args.output_root, args.name, splits, f"dataset_converters.amazon from {args.reviews}",
+                        args.force) as out:
+        atomic_write_text(os.path.join(out.stage, "i_id_mapping.csv"),
                           imap.rename(columns={"raw": "asin"})[["asin", "itemID"]].to_csv(sep="\t", index=False))
-        atomic_write_text(os.path.join(stage, "u_id_mapping.csv"),
+        atomic_write_text(os.path.join(out.stage, "u_id_mapping.csv"),
                           umap.rename(columns={"raw": "user_id"})[["user_id", "userID"]].to_csv(sep="\t", index=False))
         cols = ["itemID", "asin", "title", "brand", "categories", "description", "price", "image_url", "text"]
-        atomic_write_text(os.path.join(stage, f"{args.name}.items.jsonl"),
+        atomic_write_text(os.path.join(out.stage, f"{args.name}.items.jsonl"),
                           items[cols].to_json(orient="records", lines=True, force_ascii=False))
         if not args.no_text and has_text.any():
-            from recbole_mm.encoders.text import encode_texts
-
             print(f"encoding the text of {int(has_text.sum()):,} items with {args.text_model}")
-            feats = encode_texts(items.loc[has_text, "text"].tolist(), model=args.text_model,
-                                 batch_size=args.batch_size, device=args.device)
-            feats = check_features(feats, f"text features from {args.text_model}")
-            atomic_save_npy(os.path.join(stage, "text_feat.npy"), feats)
-            write_ids(os.path.join(stage, "text_feat.ids"), items.loc[has_text, "itemID"].astype(str))
-            modalities["text"] = "text_feat.npy"
-        write_dataset_yaml(stage, args.name, modalities, source=f"dataset_converters.amazon from {args.reviews}")
-    report(args.name, splits, out_dir, modalities, also=f"items file {args.name}.items.jsonl")
-    return out_dir
+            out.save_modality("text", encode_text(items.loc[has_text, "text"].tolist(), args.text_model,
+                                                  args.batch_size, args.device),
+                              items.loc[has_text, "itemID"].astype(str))
+    report(args.name, splits, out.dir, out.modalities, also=f"items file {args.name}.items.jsonl")
+    return out.dir
 
 
 def main(argv=None):

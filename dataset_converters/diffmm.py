@@ -15,29 +15,26 @@ Feature files are checked in full (readable, numeric, finite, float32-representa
 
 from __future__ import annotations
 
-import glob
 import os
 import pickle
-import shutil
 
 import numpy as np
 
 from dataset_converters._common import (
     SPLITS,
     ConversionError,
+    add_output_arguments,
     check_features,
     check_pairs,
     check_splits,
     converter_parser,
+    dataset_output,
     random_user_split,
+    read_feature_files,
     report,
     run_cli,
     split_by_label,
-    staged_output_dir,
-    write_dataset_yaml,
-    write_split_files,
 )
-from recbole_mm.data.features import FeatureError, read_feature_matrix
 
 
 def read_matrix(path: str):
@@ -59,7 +56,6 @@ def read_matrix(path: str):
 def build_parser():
     p = converter_parser("dataset_converters.diffmm", __doc__)
     p.add_argument("input_dir", help="folder with trnMat.pkl, tstMat.pkl [valMat.pkl] and *_feat.npy")
-    p.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
     p.add_argument("--name", required=True)
     p.add_argument("--valid-from-train", type=float, default=0.1,
                    help="without valMat.pkl: share of each user's training interactions moved to valid")
@@ -68,8 +64,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=2020, help="seed of --valid-from-train")
     p.add_argument("--dedupe", action="store_true", help="drop an interaction stored twice or in two matrices "
                    "(kept in the earliest: train, valid, test); default: refuse it")
-    p.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
-    return p
+    return add_output_arguments(p)
 
 
 def convert(args) -> str:
@@ -99,25 +94,18 @@ def convert(args) -> str:
             splits["train"], splits["valid"] = inner["train"], inner["valid"]
     check_splits(splits, args.input_dir)
     features = {}
-    for path in sorted(glob.glob(os.path.join(args.input_dir, "*_feat.npy"))):
-        name = os.path.basename(path)[: -len("_feat.npy")]
-        try:  # a truncated, text or object-dtype file, NaN/inf or float32 overflow: named now, not in training
-            matrix = read_feature_matrix(path, name)
-        except FeatureError as exc:
-            raise ConversionError(str(exc)) from exc
+    # a truncated, text or object-dtype file, NaN/inf or float32 overflow: named now, not in training
+    for name, path, matrix in read_feature_files(args.input_dir):
         if matrix.shape[0] != n_items:
             raise ConversionError(f"{path}: expected {n_items} rows (one per item of the matrices), got {matrix.shape}")
         check_features(matrix, path)
         features[name] = path
-    out_dir = os.path.join(os.path.abspath(args.output_root), args.name)
-    with staged_output_dir(out_dir, force=args.force) as stage:
-        write_split_files(stage, args.name, splits)
-        for path in features.values():
-            shutil.copyfile(path, os.path.join(stage, os.path.basename(path)))
-        modalities = {name: os.path.basename(path) for name, path in features.items()}
-        write_dataset_yaml(stage, args.name, modalities, source=f"dataset_converters.diffmm from {args.input_dir}")
-    report(args.name, splits, out_dir, modalities)
-    return out_dir
+    with dataset_output(args.output_root, args.name, splits, f"dataset_converters.diffmm from {args.input_dir}",
+                        args.force) as out:
+        for name, path in features.items():
+            out.copy(path, name)
+    report(args.name, splits, out.dir, out.modalities)
+    return out.dir
 
 
 def main(argv=None):

@@ -34,8 +34,10 @@ from dataset_converters._common import (
     ConversionError,
     check_features,
     check_pairs,
+    add_output_arguments,
     check_splits,
     converter_parser,
+    dataset_output,
     k_core,
     ordered_user_split,
     random_user_split,
@@ -43,12 +45,8 @@ from dataset_converters._common import (
     require_interactions,
     run_cli,
     split_by_label,
-    staged_output_dir,
-    write_dataset_yaml,
-    write_split_files,
 )
 from recbole_mm.data.features import read_feature_matrix, read_id_file
-from recbole_mm.io import atomic_save_npy, write_ids
 
 _SPLIT_VALUES = {"train": 0, "valid": 1, "validation": 1, "val": 1, "test": 2, "0": 0, "1": 1, "2": 2}
 
@@ -156,7 +154,6 @@ def load_feature(spec: str, item_column: str, id_column: str = None):
 def build_parser():
     p = converter_parser("dataset_converters.generic", __doc__)
     p.add_argument("interactions", help="CSV/TSV/Parquet of interactions")
-    p.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
     p.add_argument("--name", required=True)
     p.add_argument("--user-column", default="user")
     p.add_argument("--item-column", default="item")
@@ -171,8 +168,7 @@ def build_parser():
     p.add_argument("--feature-id-column", default=None, help="item id column of CSV/Parquet feature files")
     p.add_argument("--dedupe", action="store_true", help="drop repeated (user, item) rows and pairs in two "
                    "splits, keeping the first (earliest with --timestamp-column); default: refuse them")
-    p.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
-    return p
+    return add_output_arguments(p)
 
 
 def convert(args) -> str:
@@ -191,20 +187,14 @@ def convert(args) -> str:
                 f"--feature {name}={path}: 0% coverage: none of its {len(ids)} rows (keyed by {keyed}; e.g. "
                 f"{', '.join(ids[:3])}) is an item of {args.interactions} (e.g. {', '.join(sorted(items)[:3])})")
         kept.append((name, ids, matrix, keep))
-    out_dir = os.path.join(os.path.abspath(args.output_root), args.name)
-    modalities = {}
-    with staged_output_dir(out_dir, force=args.force) as stage:
-        write_split_files(stage, args.name, splits)
+    with dataset_output(args.output_root, args.name, splits, f"dataset_converters.generic from {args.interactions}",
+                        args.force) as out:
         for name, ids, matrix, keep in kept:
-            atomic_save_npy(os.path.join(stage, f"{name}_feat.npy"), matrix[keep])
-            write_ids(os.path.join(stage, f"{name}_feat.ids"), ids[keep])
-            modalities[name] = f"{name}_feat.npy"
+            out.save_modality(name, matrix[keep], ids[keep])
             print(f"modality {name}: {int(keep.sum()):,} of {len(items):,} items have a row "
                   f"({int((~keep).sum()):,} rows for unknown items dropped)")
-        write_dataset_yaml(stage, args.name, modalities,
-                           source=f"dataset_converters.generic from {args.interactions}")
-    report(args.name, splits, out_dir)
-    return out_dir
+    report(args.name, splits, out.dir)
+    return out.dir
 
 
 def main(argv=None):

@@ -31,10 +31,12 @@ import pandas as pd
 
 from dataset_converters._common import (
     ConversionError,
-    check_features,
+    add_output_arguments,
     check_integer_column,
     check_pairs,
     check_splits,
+    dataset_output,
+    encode_text,
     k_core,
     random_user_split,
     read_table,
@@ -42,11 +44,7 @@ from dataset_converters._common import (
     require_interactions,
     run_cli,
     split_by_label,
-    staged_output_dir,
-    write_dataset_yaml,
-    write_split_files,
 )
-from recbole_mm.io import atomic_save_npy, write_ids
 
 
 def build_parser():
@@ -55,7 +53,6 @@ def build_parser():
         description="Last.fm HetRec-2011 raw files -> RecBole benchmark files + MiniLM tag-text modality",
     )
     parser.add_argument("raw_dir", help="folder with user_artists.dat and tag files (HetRec 2011)")
-    parser.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
     parser.add_argument("--name", default="lfm2k", help="dataset name (default lfm2k)")
     parser.add_argument("--text-model", default="all-MiniLM-L6-v2",
                         help="sentence-transformers model: local dir, packaged name or hub name")
@@ -71,8 +68,7 @@ def build_parser():
     parser.add_argument("--no-text", action="store_true", help="skip the text modality")
     parser.add_argument("--dedupe", action="store_true", help="--split-from: drop repeated (user, item) rows and "
                         "pairs in two splits (default: refuse them)")
-    parser.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
-    return parser
+    return add_output_arguments(parser)
 
 
 def artist_tag_text(raw_dir: str) -> pd.Series:
@@ -138,29 +134,19 @@ def load_interactions(args) -> dict:
 def convert(args) -> str:
     splits = load_interactions(args)
     check_splits(splits, args.split_from or args.raw_dir)
-    out_dir = os.path.join(os.path.abspath(args.output_root), args.name)
-    if os.path.exists(out_dir) and not args.force:  # fail before the (slow) encoding
-        raise FileExistsError(f"output {out_dir} already exists; pass --force to overwrite it")
-    modalities = {}
-    with staged_output_dir(out_dir, force=args.force) as stage:
-        write_split_files(stage, args.name, splits)
+    # an existing output is refused on entry, before the (slow) encoding
+    with dataset_output(args.output_root, args.name, splits, f"dataset_converters.lastfm from {args.raw_dir}",
+                        args.force) as out:
         if not args.no_text:
-            from recbole_mm.encoders.text import encode_texts
-
             items = np.unique(np.concatenate([splits[s][1] for s in splits]))
             text = artist_tag_text(args.raw_dir).reindex(items)
             has_text = text.notna().to_numpy() & (text.fillna("").str.strip() != "").to_numpy()
             print(f"encoding tag text of {int(has_text.sum()):,} artists with {args.text_model} "
                   f"({int((~has_text).sum()):,} artists have no tags)")
-            features = encode_texts(text[has_text].tolist(), model=args.text_model,
-                                    batch_size=args.batch_size, device=args.device)
-            features = check_features(features, f"text features from {args.text_model}")
-            atomic_save_npy(os.path.join(stage, "text_feat.npy"), features)
-            write_ids(os.path.join(stage, "text_feat.ids"), items[has_text])
-            modalities["text"] = "text_feat.npy"
-        write_dataset_yaml(stage, args.name, modalities, source=f"dataset_converters.lastfm from {args.raw_dir}")
-    report(args.name, splits, out_dir, modalities)
-    return out_dir
+            out.save_modality("text", encode_text(text[has_text].tolist(), args.text_model, args.batch_size,
+                                                  args.device), items[has_text])
+    report(args.name, splits, out.dir, out.modalities)
+    return out.dir
 
 
 def main(argv=None):

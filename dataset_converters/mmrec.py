@@ -12,39 +12,34 @@ file stem without ``_feat``; row r = itemID r, MMRec's convention). Writes
 from __future__ import annotations
 
 import argparse
-import glob
 import os
-import shutil
 
 import numpy as np
 
 from dataset_converters._common import (
     ConversionError,
+    add_output_arguments,
     check_features,
     check_integer_column,
     check_pairs,
     check_splits,
+    dataset_output,
+    read_feature_files,
     read_table,
     report,
     require_interactions,
     run_cli,
     split_by_label,
-    staged_output_dir,
-    write_dataset_yaml,
-    write_split_files,
 )
-from recbole_mm.data.features import FeatureError, read_feature_matrix
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m dataset_converters.mmrec", description=__doc__.split("\n\n")[0])
     parser.add_argument("input_dir", help="MMRec dataset folder with <name>.inter and *_feat.npy")
-    parser.add_argument("output_root", help="folder that will hold <name>/ (use it as --data_path)")
     parser.add_argument("--name", default=None, help="dataset name (default: the input folder's name)")
     parser.add_argument("--dedupe", action="store_true",
                         help="drop repeated (user, item) rows and pairs in two splits (default: refuse them)")
-    parser.add_argument("--force", action="store_true", help="replace an existing <output_root>/<name>/")
-    return parser
+    return add_output_arguments(parser)
 
 
 def convert(input_dir: str, output_root: str, name: str = None, force: bool = False, dedupe: bool = False) -> str:
@@ -64,33 +59,24 @@ def convert(input_dir: str, output_root: str, name: str = None, force: bool = Fa
     splits = split_by_label(users, items, labels)
     check_splits(splits, inter_path)
 
-    feature_files = sorted(glob.glob(os.path.join(input_dir, "*_feat.npy")))
-    modalities = {}
-    for path in feature_files:
-        modality = os.path.basename(path)[: -len("_feat.npy")]
-        try:
-            matrix = read_feature_matrix(path, modality)
-        except FeatureError as exc:
-            raise ConversionError(str(exc)) from exc
+    features = {}
+    for modality, path, matrix in read_feature_files(input_dir):
         if matrix.shape[0] <= items.max():
             raise ConversionError(
                 f"{path}: wrong row count: {matrix.shape[0]} rows but {inter_path} has itemID {items.max()} "
                 "(MMRec rule: row r = itemID r)"
             )
         check_features(matrix, path)  # NaN/inf or float32 overflow: refused now, not in training
-        modalities[modality] = os.path.basename(path)
+        features[modality] = path
 
-    out_dir = os.path.join(os.path.abspath(output_root), name)
-    with staged_output_dir(out_dir, force=force) as stage:
-        write_split_files(stage, name, splits)
-        for path in feature_files:
-            shutil.copyfile(path, os.path.join(stage, os.path.basename(path)))
+    with dataset_output(output_root, name, splits, f"dataset_converters.mmrec from {input_dir}", force) as out:
+        for modality, path in features.items():
+            out.copy(path, modality)
         for mapping in ("i_id_mapping.tsv", "u_id_mapping.tsv", "i_id_mapping.csv", "u_id_mapping.csv"):
             if os.path.isfile(os.path.join(input_dir, mapping)):
-                shutil.copyfile(os.path.join(input_dir, mapping), os.path.join(stage, mapping))
-        write_dataset_yaml(stage, name, modalities, source=f"dataset_converters.mmrec from {input_dir}")
-    report(name, splits, out_dir, modalities)
-    return out_dir
+                out.copy(os.path.join(input_dir, mapping))
+    report(name, splits, out.dir, out.modalities)
+    return out.dir
 
 
 def main(argv=None):

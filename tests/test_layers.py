@@ -250,3 +250,20 @@ def test_sparse_operator_reweighted_matches_a_rebuilt_graph():
     out.sum().backward()
     torch.testing.assert_close(x.grad, expected.T @ torch.ones(6, 3))
     assert not new.symmetric and op.csr.values().numel() == new.csr.values().numel()
+
+
+def test_edge_dot_and_its_written_out_gradient_by_hand():
+    # edges target <- source: 0 <- 1, 0 <- 2, 2 <- 1, weighted 1, 2, 3 in the loss sum_e w_e <x_t, y_s>
+    g = layers.EdgeGraph(torch.tensor([0, 0, 2]), torch.tensor([1, 2, 1]), 3)
+    w = torch.tensor([1.0, 2.0, 3.0])
+    x = torch.tensor([[1.0, 2.0], [0.0, 1.0], [3.0, -1.0]], requires_grad=True)
+    y = torch.tensor([[2.0, 0.0], [1.0, 1.0], [-1.0, 4.0]], requires_grad=True)
+    s = g.edge_dot(x, y)
+    torch.testing.assert_close(s, torch.tensor([3.0, 7.0, 2.0]))  # <x0,y1>, <x0,y2>, <x2,y1>
+    gx, gy = torch.autograd.grad((w * s).sum(), (x, y))
+    # dL/dx_t = sum_s w_ts y_s: x0: y1 + 2 y2; x2: 3 y1.  dL/dy_s = sum_t w_ts x_t: y1: x0 + 3 x2; y2: 2 x0
+    torch.testing.assert_close(gx, torch.tensor([[-1.0, 9.0], [0.0, 0.0], [3.0, 3.0]]))
+    torch.testing.assert_close(gy, torch.tensor([[0.0, 0.0], [10.0, -1.0], [2.0, 4.0]]))
+    # y defaults to x: both ends' gradients add up, (S_w + S_w^T) x
+    (gxx,) = torch.autograd.grad((w * g.edge_dot(x)).sum(), (x,))
+    torch.testing.assert_close(gxx, torch.tensor([[6.0, -1.0], [10.0, -1.0], [2.0, 7.0]]))

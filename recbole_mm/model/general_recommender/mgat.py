@@ -54,32 +54,11 @@ from recbole_mm.model.layers import EdgeGraph
 REDUCTIONS = ("sum", "mean")
 
 
-class _EdgeDot(torch.autograd.Function):
-    """``<x_target, y_source>`` per edge of an :class:`EdgeGraph` (its ``sddmm``), with the backward
-    written out as two CSR products, ``dL/dx = S_g y`` and ``dL/dy = S_g^T x`` (``S_g``: the edge
-    gradients on the pattern). torch's own ``sampled_addmm`` backward is ~3.5x slower on CPU here
-    (lfm2k's 88k edges x 256 dims). A generic block (shared candidate for ``EdgeGraph.sddmm``)."""
-
-    @staticmethod
-    def forward(ctx, graph, x, y):
-        ctx.graph = graph
-        ctx.save_for_backward(x, y)
-        return graph.sddmm(x, y)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, y = ctx.saved_tensors
-        graph, grad = ctx.graph, grad.contiguous()
-        grad_x = graph.csr(grad) @ y if ctx.needs_input_grad[1] else None
-        grad_y = graph.csr(grad, transpose=True) @ x if ctx.needs_input_grad[2] else None
-        return None, grad_x, grad_y
-
-
 def gated_attention(graph: EdgeGraph, z: torch.Tensor, inv_sqrt_deg: torch.Tensor) -> torch.Tensor:
     """MGAT's gated attention weights on the edges ``h <- t`` of ``graph`` for node features ``z``
     (already transformed): ``s = <z_h, lrelu(z_t)>``, ``g = sigmoid(s * inv_sqrt_deg[t])``,
     ``a = softmax over each target h of g * s``. ``inv_sqrt_deg``: per node ``|N|^-1/2``."""
-    s = _EdgeDot.apply(graph, z, F.leaky_relu(z))  # <z_target, lrelu(z_source)>
+    s = graph.edge_dot(z, F.leaky_relu(z))  # <z_target, lrelu(z_source)>
     gate = torch.sigmoid(s * inv_sqrt_deg[graph.cols])
     return graph.softmax(s * gate)
 

@@ -267,3 +267,31 @@ def test_edge_dot_and_its_written_out_gradient_by_hand():
     # y defaults to x: both ends' gradients add up, (S_w + S_w^T) x
     (gxx,) = torch.autograd.grad((w * g.edge_dot(x)).sum(), (x,))
     torch.testing.assert_close(gxx, torch.tensor([[6.0, -1.0], [10.0, -1.0], [2.0, 7.0]]))
+
+
+def test_row_logsumexp_by_hand_and_gradients():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    c1 = torch.tensor([[1.0, 1.0], [0.5, 0.0], [0.0, -1.0]])
+    c2 = torch.tensor([[2.0, 0.0]])
+    extra = torch.tensor([0.3, -0.2])
+    bound = 3.0
+    # logits a c1^T = [[1, .5, 0], [2, 0, -2]], a c2^T = [[2], [0]]; skip_diagonal=1 drops l_01 and l_12
+    e = math.exp
+    want = [math.log(e(1 - 3) + e(0 - 3) + e(2 - 3) + e(0.3 - 3)),
+            math.log(e(2 - 3) + e(0 - 3) + e(0 - 3) + e(-0.2 - 3))]
+    got = loss.row_logsumexp(a, [c1, c2], bound, extra, skip_diagonal=1)
+    torch.testing.assert_close(got, torch.tensor(want))
+    # without the skip and the extra logit: the plain log-sum-exp over the concatenated columns, minus the bound
+    plain = torch.logsumexp(a @ torch.cat([c1, c2]).T, 1)
+    torch.testing.assert_close(loss.row_logsumexp(a, [c1, c2], bound) + bound, plain)
+    # the written-out gradient equals autograd's through the masked dense form
+    torch.manual_seed(0)
+    x = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in ((3, 4), (5, 4), (2, 4), (3,))]
+    w = torch.randn(3, dtype=torch.float64)
+    ours = torch.autograd.grad((w * loss.row_logsumexp(x[0], [x[1], x[2]], 8.0, x[3], skip_diagonal=2)).sum(), x)
+    logits = torch.cat([x[0] @ x[1].T, x[0] @ x[2].T, x[3].unsqueeze(1)], 1)
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    mask[torch.arange(3), torch.arange(3) + 2] = True
+    ref = torch.autograd.grad((w * torch.logsumexp(logits.masked_fill(mask, float("-inf")), 1)).sum(), x)
+    for mine, theirs in zip(ours, ref):
+        torch.testing.assert_close(mine, theirs)

@@ -83,6 +83,59 @@ class _InfoNCELogits(torch.autograd.Function):
         return grad_a, grad_b, None, None
 
 
+class _RowLogSumExp(torch.autograd.Function):
+    """``log(sum_k sum_j e^{<a_i, c^k_j> - bound} + e^{extra_i - bound})`` per row (see
+    :func:`row_logsumexp`), with the gradient written out: ``P_k`` the exponential blocks over the row
+    totals, ``dL/da = sum_k P_k c^k``, ``dL/dc^k = P_k^T a``, ``dL/dextra_i = e^{extra_i - bound} / total_i``.
+    Each ``(B, n_k)`` block is one shifted product and one in-place ``exp`` forward (the bound replaces
+    the row maxima), two products backward; autograd would keep the logits, the concatenated columns
+    and the diagonal's scatter, and exponentiate again in backward."""
+
+    @staticmethod
+    def forward(ctx, a, extra, bound, skip, *columns):
+        minus = a.new_full((1,), -bound)
+        blocks = [torch.addmm(minus, a, c.T).exp_() for c in columns]  # e^{logit - bound}
+        if skip is not None:
+            blocks[0].diagonal(offset=skip).zero_()  # all but the anchor itself
+        total = blocks[0].sum(1)
+        for e in blocks[1:]:
+            total = total + e.sum(1)
+        if extra is not None:
+            total = total + (extra - bound).exp()
+        ctx.save_for_backward(a, extra, total, *columns, *blocks)
+        ctx.bound, ctx.n_blocks = bound, len(columns)
+        return total.log()
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, extra, total, *rest = ctx.saved_tensors
+        columns, blocks = rest[:ctx.n_blocks], rest[ctx.n_blocks:]
+        w = (grad / total).unsqueeze(1)  # P_k = block_k / total
+        grad_a = grad_extra = None
+        if ctx.needs_input_grad[0]:
+            grad_a = blocks[0] @ columns[0]
+            for e, c in zip(blocks[1:], columns[1:]):
+                grad_a = grad_a + e @ c
+            grad_a = grad_a * w
+        if extra is not None and ctx.needs_input_grad[1]:
+            grad_extra = (extra - ctx.bound).exp() * w.squeeze(1)
+        weighted = a * w
+        grad_columns = [e.T @ weighted if ctx.needs_input_grad[4 + k] else None for k, e in enumerate(blocks)]
+        return (grad_a, grad_extra, None, None, *grad_columns)
+
+
+def row_logsumexp(a: torch.Tensor, columns, bound: float, extra: torch.Tensor | None = None,
+                  skip_diagonal: int | None = None) -> torch.Tensor:
+    """The InfoNCE denominators: per row i, ``log sum_j e^{l_ij - bound}`` over the logits
+    ``l = a [c^1; c^2; ...]^T`` of the column blocks ``columns`` (plus one extra logit ``extra_i``
+    per row, e.g. a hard negative), with ``skip_diagonal=k`` leaving out ``l_{i, k + i}`` of the first
+    block (the anchor itself when ``a`` is rows ``k..`` of it). The result is shifted by ``bound``,
+    which must bound every logit (``1 / t`` for cosines at temperature ``t``; add it back for the
+    plain log-sum-exp); ``e^{-2 bound}`` stays a normal float for ``bound < 43``. Gradient written
+    out (:class:`_RowLogSumExp`); MMGCL's and MICRO's contrastive losses."""
+    return _RowLogSumExp.apply(a, extra, bound, skip_diagonal, *columns)
+
+
 def _cpu_has_native_bf16() -> bool:
     """oneDNN's own check (AVX512-BF16 / AMX); False on builds without oneDNN."""
     try:

@@ -38,41 +38,17 @@ from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
 from recbole_mm.model.layers import Fusion, ModalityProjector, SparseOperator, edge_propagate, lightgcn_propagate
 from recbole_mm.model.layers import propagate, split_users_items
-from recbole_mm.model.loss import bpr_l2
+from recbole_mm.model.loss import bpr_l2, row_logsumexp
 
 
 # -- generic blocks (shared candidates) --------------------------------------------------------------
-class _IntraInterLogDenominator(torch.autograd.Function):
-    """``log(sum_j e^{a_i.z1_j - shift} [j != start + i] + sum_j e^{a_i.z2_j - shift})`` per anchor row
-    ``a_i`` (scaled by ``1/t``; ``shift = 1/t`` bounds the cosine logits), with the gradient written
-    out: with ``P1``, ``P2`` the two exponential blocks over the denominator (the anchor's own entry
-    zeroed), ``dL/da = P1 z1 + P2 z2``, ``dL/dz1 = P1^T a``, ``dL/dz2 = P2^T a``. Each ``(B, n)`` block is
-    one shifted product and one in-place ``exp`` forward and two products backward."""
-
-    @staticmethod
-    def forward(ctx, anchor, z1, z2, start, shift):
-        minus = anchor.new_full((1,), -shift)
-        refl = torch.addmm(minus, anchor, z1.T).exp_()  # (B, n) intra-view
-        refl.diagonal(offset=start).zero_()  # all but the anchor itself
-        between = torch.addmm(minus, anchor, z2.T).exp_()  # (B, n) inter-view
-        denom = refl.sum(1) + between.sum(1)
-        ctx.save_for_backward(anchor, z1, z2, refl, between, denom)
-        return denom.log()
-
-    @staticmethod
-    def backward(ctx, grad):
-        anchor, z1, z2, refl, between, denom = ctx.saved_tensors
-        w = (grad / denom).unsqueeze(1)
-        weighted = anchor * w
-        return (refl @ z1 + between @ z2) * w, refl.T @ weighted, between.T @ weighted, None, None
-
-
 def _intra_inter_block(anchor, z1, z2, start, temperature):
     """Summed GRACE loss of the anchor rows ``z1[start:start+B]`` (all rows L2-normalised)."""
     shift = 1.0 / temperature  # cosines <= 1: exp(logit - 1/t) cannot overflow
     scaled = anchor / temperature
     positive = (scaled * z2[start:start + anchor.shape[0]]).sum(1) - shift
-    return (_IntraInterLogDenominator.apply(scaled, z1, z2, start, shift) - positive).sum()
+    # denominator: every row of both views (intra-view z1, inter-view z2) but the anchor itself
+    return (row_logsumexp(scaled, [z1, z2], shift, skip_diagonal=start) - positive).sum()
 
 
 def intra_inter_info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float, block_size: int = 4096):

@@ -48,36 +48,7 @@ from torch import nn
 from recbole_mm.model import augment
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
 from recbole_mm.model.layers import ModalityProjector, lightgcn_propagate, split_users_items
-from recbole_mm.model.loss import bpr_loss
-
-
-class _RowLogSumExp(torch.autograd.Function):
-    """``lse_i = log(sum_j e^{<a_i, b_j>} + e^{extra_i})`` (``extra`` optional) for logits bounded above
-    by ``bound`` (``1 / t`` for cosines at temperature ``t``), with the gradient written out:
-    ``dlse_i/da_i = sum_j p_ij b_j``, ``dlse_i/db_j = sum_i p_ij a_i``, ``p`` the row softmax. The
-    ``(B, B)`` block is one shifted product and one in-place ``exp`` forward (the bound replaces the
-    row maxima; ``e^{-2 bound}`` stays a normal float for ``bound < 43``), two products backward;
-    autograd would keep the logits, the concatenated column and the diagonal's scatter, and
-    exponentiate again in backward."""
-
-    @staticmethod
-    def forward(ctx, a, b, extra, bound):
-        shifted = torch.addmm(a.new_full((1,), -bound), a, b.T).exp_()  # e^{logit - bound}
-        total = shifted.sum(1)
-        if extra is not None:
-            total = total + (extra - bound).exp()
-        ctx.save_for_backward(a, b, shifted, total, extra)
-        ctx.bound = bound
-        return total.log() + bound
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, b, shifted, total, extra = ctx.saved_tensors
-        g = (grad / total).unsqueeze(1)  # p = shifted / total
-        grad_extra = None
-        if extra is not None and ctx.needs_input_grad[2]:
-            grad_extra = (extra - ctx.bound).exp() * g.squeeze(1)
-        return (shifted @ b) * g, shifted.T @ (a * g), grad_extra, None
+from recbole_mm.model.loss import bpr_loss, row_logsumexp
 
 
 def info_nce_hard(a: torch.Tensor, b: torch.Tensor, hard: torch.Tensor | None, temperature: float) -> torch.Tensor:
@@ -92,7 +63,7 @@ def info_nce_hard(a: torch.Tensor, b: torch.Tensor, hard: torch.Tensor | None, t
         logits = a @ b.T if extra is None else torch.cat([a @ b.T, extra.unsqueeze(1)], 1)
         lse = torch.logsumexp(logits, 1)
     else:
-        lse = _RowLogSumExp.apply(a, b, extra, 1.0 / temperature)
+        lse = row_logsumexp(a, [b], 1.0 / temperature, extra) + 1.0 / temperature  # bounded logits: no max pass
     return (lse - (a * b).sum(-1)).mean()
 
 

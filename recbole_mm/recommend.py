@@ -45,15 +45,44 @@ class Loaded:
         self.checkpoint = checkpoint
 
 
-def load(checkpoint_or_model) -> Loaded:
+def check_checkpoint(path: str, what: str = "--checkpoint") -> dict:
+    """The run ``Config`` of the checkpoint at ``path``, read before the (slow) dataset load: a
+    missing file, a folder, or a file that is not a checkpoint written by a recbole_mm/RecBole run
+    (no pickled ``config`` and ``state_dict``) is one ``ValueError`` naming ``what`` and the file.
+    Zip checkpoints are memory-mapped, so the weights are not read twice."""
+    import pickle
+    import zipfile
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path}: is a folder, not a checkpoint file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path}: no such file")
+    try:
+        # as compat.load_checkpoint (our own pickled Config), memory-mapped
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=zipfile.is_zipfile(path))
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, AttributeError, ImportError,
+            ModuleNotFoundError, UnicodeDecodeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ValueError(f"{what} {path}: not a checkpoint saved by a recbole_mm/RecBole run "
+                         f"(torch.load: {reason})") from None
+    keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else None
+    missing = [k for k in ("config", "state_dict") if keys is None or k not in keys]
+    if missing:
+        found = f"its keys: {keys[:8]}" if keys is not None else f"it holds a {type(checkpoint).__name__}"
+        raise ValueError(f"{what} {path}: not a checkpoint saved by a recbole_mm/RecBole run (no "
+                         f"{' / '.join(repr(k) for k in missing)}; {found})")
+    return checkpoint["config"]
+
+
+def load(checkpoint_or_model, what: str = "--checkpoint") -> Loaded:
     """A checkpoint path, the tuple :func:`recbole_mm.quick_start.load_data_and_model` returns, or a
-    :class:`Loaded`."""
+    :class:`Loaded`. A path that is no checkpoint is refused first (:func:`check_checkpoint`)."""
     if isinstance(checkpoint_or_model, Loaded):
         return checkpoint_or_model
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
         path = os.fspath(checkpoint_or_model)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint {path}: no such file")
+        check_checkpoint(path, what)
         from recbole_mm.quick_start import load_data_and_model
 
         config, model, dataset, train_data, _, _ = load_data_and_model(path)
@@ -64,41 +93,82 @@ def load(checkpoint_or_model) -> Loaded:
     raise TypeError("recommend() takes a checkpoint path, load_data_and_model()'s tuple or a Loaded")
 
 
+def check_k(value: int, what: str = "--topk") -> int:
+    """``value`` if it is a positive integer, else a ``ValueError`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def _device(loaded: Loaded) -> torch.device:
     for tensor in list(loaded.model.parameters()) + list(loaded.model.buffers()):
         return tensor.device
     return torch.device("cpu")
 
 
-def user_ids(loaded: Loaded, users=None, source: str = "users") -> torch.Tensor:
+def user_ids(loaded: Loaded, users=None, source: str = "users", lines=None) -> torch.Tensor:
     """Internal ids of the user tokens ``users`` (``None``: every user); an unknown token is an error
-    naming ``source`` (the file it came from) and the token."""
+    naming ``source`` (the file it came from), its line (``lines``) and the token."""
     dataset = loaded.dataset
     if users is None:
         return torch.arange(1, dataset.user_num)
-    return token_ids(dataset, dataset.uid_field, users, f"{source}: user id")
+    return token_ids(dataset, dataset.uid_field, users, source, lines)
 
 
-def token_ids(dataset, field: str, tokens, what: str) -> torch.Tensor:
+def token_ids(dataset, field: str, tokens, source: str, lines=None) -> torch.Tensor:
     """Internal ids of ``tokens`` of ``field``; the first unknown one (or the padding token) is a
-    ``ValueError`` starting with ``what``."""
+    ``ValueError`` naming ``source``, its line in it (``lines``, one per token) and where the
+    dataset's ids come from (:func:`_id_hint`)."""
     tokens = pd.Index(np.asarray(list(tokens)).astype(str))
     ids = pd.Index(dataset.field2id_token[field].astype(str)).get_indexer(tokens)
     bad = np.flatnonzero(ids <= 0)
     if len(bad):
+        kind = "user" if field == dataset.uid_field else "item"
+        where = f"line {lines[bad[0]]}: " if lines is not None else ""
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ValueError(f"{what} {tokens[bad[0]]!r} is not in dataset '{dataset.dataset_name}'{more}")
+        raise ValueError(f"{source}: {where}{kind} id {tokens[bad[0]]!r} is not in dataset "
+                         f"'{dataset.dataset_name}'{more}; {_id_hint(dataset, field, kind, tokens[bad[0]])}")
     return torch.from_numpy(ids).long()
 
 
-def read_user_file(path: str) -> list:
-    """User tokens of ``path``, one per line (blank lines skipped)."""
-    with open(path, encoding="utf-8") as fh:
-        tokens = [line.strip() for line in fh]
-    tokens = [t for t in tokens if t]
-    if not tokens:
-        raise ValueError(f"{path}: no user id in the file")
-    return tokens
+def _id_hint(dataset, field: str, kind: str, token: str) -> str:
+    """Where the dataset's ids come from: its ``.inter`` files, or the converter's mapping file of
+    original ids (``u_id_mapping.tsv``), which also tells when ``token`` is an original id."""
+    folder = dataset.config["data_path"]
+    examples = ", ".join(repr(str(t)) for t in dataset.field2id_token[field][1:4])
+    for name in (f"{kind[0]}_id_mapping.tsv", f"{kind[0]}_id_mapping.csv"):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            mapping = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        except (OSError, ValueError):
+            break
+        if mapping.shape[1] >= 2:
+            hit = np.flatnonzero(mapping.iloc[:, 0].to_numpy() == token)
+            if len(hit):
+                return (f"{token!r} is an original id (column {mapping.columns[0]!r} of {path}), whose {kind} "
+                        f"id in the dataset is {mapping.iloc[hit[0], 1]!r}")
+        return f"the dataset's {kind} ids (e.g. {examples}) are mapped from the original ones in {path}"
+    return (f"its {kind} ids are the {field} tokens of {os.path.join(folder, dataset.dataset_name)}.*.inter "
+            f"(e.g. {examples})")
+
+
+def read_user_file(path: str) -> tuple:
+    """``(tokens, line numbers)`` of the user tokens in ``path``, one per line (blank lines skipped)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--users {path}: is a folder, not a file of user ids")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--users {path}: no such file (give a file of user ids, one per line, or 'all')")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            rows = [(line.strip(), n) for n, line in enumerate(fh, 1)]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--users {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    rows = [r for r in rows if r[0]]
+    if not rows:
+        raise ValueError(f"--users {path}: no user id in the file")
+    return [r[0] for r in rows], [r[1] for r in rows]
 
 
 def _train_matrix(loaded: Loaded) -> sp.csr_matrix:
@@ -134,16 +204,17 @@ def score_batches(loaded: Loaded, uids: torch.Tensor, batch_size: int | None = N
 
 
 def recommend(checkpoint_or_model, users=None, topk: int = 50, exclude_train: bool = True,
-              batch_size: int | None = None, show_progress: bool = False, source: str = "users") -> pd.DataFrame:
+              batch_size: int | None = None, show_progress: bool = False, source: str = "users",
+              lines=None) -> pd.DataFrame:
     """Top-``topk`` items per user: a DataFrame ``user, rank, item, score`` (tokens, rank from 1).
 
-    ``users``: user tokens (``None``: all users). ``exclude_train``: leave out each user's training
+    ``users``: user tokens (``None``: all users); ``source`` / ``lines``: the file and its lines they
+    came from, for the error about an unknown one. ``exclude_train``: leave out each user's training
     items; a user with fewer than ``topk`` rankable items gets fewer rows."""
+    topk = check_k(topk, "topk")
     loaded = load(checkpoint_or_model)
     dataset = loaded.dataset
-    if topk < 1:
-        raise ValueError(f"topk must be at least 1, got {topk}")
-    uids = user_ids(loaded, users, source)
+    uids = user_ids(loaded, users, source, lines)
     k = min(topk, dataset.item_num - 1)
     parts = []
     for batch, scores in score_batches(loaded, uids, batch_size, exclude_train, show_progress):
@@ -229,16 +300,17 @@ def scoring_embeddings(checkpoint_or_model):
                      f"({'; '.join(tried) or 'no user/item embeddings found'}), so there are no vectors to export")
 
 
-def export_embeddings(checkpoint_or_model, out_dir: str, force: bool = False) -> dict:
+def export_embeddings(checkpoint_or_model, out_dir: str, force: bool = False, embeddings=None) -> dict:
     """Write ``user.npy``/``user.ids``, ``item.npy``/``item.ids``, ``embeddings.json`` and (faiss
     installed) ``item.faiss`` into ``out_dir`` in one rename; refuses an existing ``out_dir`` without
-    ``force``. Returns the files written."""
+    ``force``. ``embeddings``: :func:`scoring_embeddings`' result when already computed. Returns the
+    files written."""
     from recbole_mm.data.graphs import faiss_available
     from recbole_mm.io import atomic_save_npy, atomic_write_text, staged_output_dir, write_ids
 
     loaded = load(checkpoint_or_model)
     dataset = loaded.dataset
-    users, items = scoring_embeddings(loaded)
+    users, items = embeddings if embeddings is not None else scoring_embeddings(loaded)
     users, items = users[1:].numpy(), items[1:].numpy()  # without padding: row r is the token on line r
     written = ["user.npy", "user.ids", "item.npy", "item.ids", "embeddings.json"]
     with staged_output_dir(out_dir, force=force) as stage:
@@ -261,15 +333,28 @@ def export_embeddings(checkpoint_or_model, out_dir: str, force: bool = False) ->
 
 
 # -- output ------------------------------------------------------------------------------------
-def check_output(path: str, force: bool) -> str:
-    """The format of ``path`` (by its extension); an existing file without ``force`` is refused."""
+def check_target(path: str, force: bool, what: str = "--out") -> None:
+    """Refuse an output file that cannot be written as asked: ``path`` is a folder, exists (without
+    ``force``), or its folder is missing, a file or not writable (a typo is not a new folder)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path}: is a folder; name the file to write")
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"{what} {path} already exists; pass --force to overwrite it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(folder):
+        raise FileNotFoundError(f"{what} {path}: folder {folder} does not exist; create it first")
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"{what} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: folder {folder} is not writable")
+
+
+def check_output(path: str, force: bool, what: str = "--out") -> str:
+    """The format of ``path`` (by its extension), after :func:`check_target`."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
-        raise ValueError(f"output {path}: unknown format '{ext}', use one of {', '.join(FORMATS)}")
-    if os.path.exists(path) and not force:
-        raise FileExistsError(f"output {path} already exists; pass --force to overwrite it")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"output {path} is a folder")
+        raise ValueError(f"{what} {path}: unknown format '{ext}', use one of {', '.join(FORMATS)}")
+    check_target(path, force, what)
     return ext
 
 
@@ -279,7 +364,6 @@ def write_table(frame: pd.DataFrame, path: str, force: bool = False) -> None:
 
     ext = check_output(path, force)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=ext)
     os.close(fd)
     try:
@@ -308,9 +392,10 @@ def parse_args(argv=None):
     parser.add_argument("--force", action="store_true", help="overwrite --out / --export-embeddings")
     args = parser.parse_args(argv)
     if not args.out and not args.export_embeddings:
-        parser.error("nothing to do: give --out and/or --export-embeddings")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
+        raise ValueError("nothing to do: give --out and/or --export-embeddings")
+    check_k(args.topk, "--topk")
+    if args.batch_size is not None:
+        check_k(args.batch_size, "--batch-size")
     return args
 
 
@@ -319,16 +404,21 @@ def _main(argv):
     if args.out:
         check_output(args.out, args.force)  # before the (slow) load
     if args.export_embeddings and os.path.exists(args.export_embeddings) and not args.force:
-        raise FileExistsError(f"output {args.export_embeddings} already exists; pass --force to overwrite it")
-    users = None if args.users == "all" else read_user_file(args.users)
+        raise FileExistsError(f"--export-embeddings {args.export_embeddings} already exists; pass --force to "
+                              "overwrite it")
+    users, lines = (None, None) if args.users == "all" else read_user_file(args.users)
     loaded = load(args.checkpoint)
+    # every check that can fail runs before the first file is written: nothing is left half done
+    embeddings = scoring_embeddings(loaded) if args.export_embeddings else None
+    frame = None
     if args.out:
         frame = recommend(loaded, users, args.topk, exclude_train=not args.keep_train, batch_size=args.batch_size,
-                          show_progress=True, source=args.users)
+                          show_progress=True, source=f"--users {args.users}", lines=lines)
+    if frame is not None:
         write_table(frame, args.out, force=args.force)
         print(f"wrote {len(frame)} recommendations for {frame['user'].nunique()} users to {args.out}")
     if args.export_embeddings:
-        done = export_embeddings(loaded, args.export_embeddings, force=args.force)
+        done = export_embeddings(loaded, args.export_embeddings, force=args.force, embeddings=embeddings)
         print(f"wrote {', '.join(done['files'])} to {done['dir']}")
     return 0
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recbole_mm.recommend import check_output, load, scoring_embeddings, token_ids, write_table
+from recbole_mm.recommend import check_k, check_output, load, scoring_embeddings, token_ids, write_table
 
 
 def item_vectors(loaded, features: str | None = None) -> torch.Tensor:
@@ -37,12 +37,11 @@ def similar_items(checkpoint_or_model, items, topk: int = 10, features: str | No
     """DataFrame ``item, rank, similar, score`` (tokens; cosine similarity), ``topk`` rows per item."""
     from recbole_mm.data.graphs import knn_indices
 
+    topk = check_k(topk, "topk")
     loaded = load(checkpoint_or_model)
     dataset = loaded.dataset
-    ids = token_ids(dataset, dataset.iid_field, items, "--items: item id")
+    ids = token_ids(dataset, dataset.iid_field, items, "--items")
     tokens = dataset.field2id_token[dataset.iid_field][ids.numpy()]
-    if topk < 1:
-        raise ValueError(f"topk must be at least 1, got {topk}")
     vectors = item_vectors(loaded, features)
     neighbours, sims = knn_indices(vectors, topk, include_self=False,
                                    backend=loaded.config["knn_backend"] or "torch")
@@ -68,6 +67,7 @@ def _main(argv):
     parser.add_argument("--out", default=None, help="similar.csv or similar.parquet (default: print)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
+    check_k(args.topk, "--topk")  # before the (slow) load
     if args.out:
         check_output(args.out, args.force)
     frame = similar_items(args.checkpoint, args.items, args.topk, args.features)

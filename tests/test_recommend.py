@@ -84,7 +84,8 @@ def test_cli_refuses_overwrite_and_unknown_users(tiny_dataset, run_config, tmp_p
     users.write_text("3\nnobody\n")
     assert rec.main(["--checkpoint", ckpt, "--users", str(users), "--out", str(tmp_path / "x.csv")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
-    assert errors == [f"error: {users}: user id 'nobody' is not in dataset 'tiny'"]
+    assert len(errors) == 1 and errors[0].startswith(f"error: --users {users}: line 2: user id 'nobody' is not in "
+                                                     "dataset 'tiny'; its user ids are the user_id tokens of ")
     assert not (tmp_path / "x.csv").exists()
 
 

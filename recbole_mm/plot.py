@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 MAX_CATEGORIES = 10
+KINDS = ("embeddings", "curves", "leaderboard")
 
 
 def _pyplot():
@@ -44,10 +45,11 @@ def _pyplot():
 
 
 def _check_out(path: str, force: bool) -> None:
+    from recbole_mm.recommend import check_target
+
     if not path.lower().endswith(".png"):
-        raise ValueError(f"output {path}: plots are written as PNG, name it *.png")
-    if os.path.exists(path) and not force:
-        raise FileExistsError(f"output {path} already exists; pass --force to overwrite it")
+        raise ValueError(f"--out {path}: plots are written as PNG, name it *.png")
+    check_target(path, force)
 
 
 def _save(draw, path: str, force: bool) -> str:
@@ -56,7 +58,6 @@ def _save(draw, path: str, force: bool) -> str:
 
     _check_out(path, force)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
     os.close(fd)
     try:
@@ -175,19 +176,43 @@ def plot_embeddings(checkpoint_or_model, out: str, color: str = "popularity", fe
 
 
 # -- benchmark runs -----------------------------------------------------------------------------
-def read_runs(path: str) -> list:
-    """The rows of a ``benchmarks/bench.py`` ``runs.jsonl`` (one JSON object per line)."""
+def read_runs(path: str, fields=("model",)) -> list:
+    """``(line number, row)`` of each row of a ``benchmarks/bench.py`` ``runs.jsonl`` (one JSON object
+    per line); a line that is not a JSON object, or lacks one of ``fields``, is an error naming the
+    file and line."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--runs {path}: is a folder; give bench.py's OUT/runs.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--runs {path}: no such file")
     rows = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}: line {n}: not JSON ({exc.msg})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {n}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {n}: a JSON {type(row).__name__}, not an object (a bench.py run)")
+            missing = [f for f in fields if f not in row]
+            if missing:
+                raise ValueError(f"{path}: line {n}: no field {missing[0]!r} (not a benchmarks/bench.py runs.jsonl?)")
+            rows.append((n, row))
     if not rows:
         raise ValueError(f"{path}: no runs in the file")
     return rows
+
+
+def _number(path: str, n: int, field: str, value) -> float:
+    """``value`` of ``field`` on line ``n`` as a float (NaN included: a run that had none), else an
+    error naming them."""
+    try:
+        if isinstance(value, (bool, str)):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: line {n}: field {field!r} is {value!r}, not a number") from None
 
 
 def _bench():
@@ -202,10 +227,14 @@ def _bench():
 
 
 def plot_curves(runs: str, out: str, title: str | None = None, force: bool = False) -> str:
-    rows = read_runs(runs)
-    missing = [n for n, r in enumerate(rows, 1) if "curve" not in r]
-    if missing:
-        raise ValueError(f"{runs}: line {missing[0]}: no 'curve' (not a benchmarks/bench.py runs.jsonl?)")
+    numbered = read_runs(runs, ("model", "seed", "curve"))
+    for n, r in numbered:
+        if not isinstance(r["curve"], list):
+            raise ValueError(f"{runs}: line {n}: field 'curve' is {r['curve']!r}, not a list of per-epoch values")
+        for y in r["curve"]:
+            if y is not None:
+                _number(runs, n, "curve", y)
+    rows = [r for _, r in numbered]
     _pyplot()
     bench = _bench()
     return _save(lambda path: bench.plot(rows, path, title or "valid Recall@20 per epoch"), out, force)
@@ -214,13 +243,13 @@ def plot_curves(runs: str, out: str, title: str | None = None, force: bool = Fal
 def plot_leaderboard(runs: str, out: str, metric: str = "recall@20", title: str | None = None,
                      force: bool = False) -> str:
     """Horizontal bars: mean test ``metric`` per model over its seeds, ± std where there are several."""
-    rows = read_runs(runs)
     scores = {}
-    for n, r in enumerate(rows, 1):
-        value = r.get(metric, (r.get("test_result") or {}).get(metric))
+    for n, r in read_runs(runs):
+        test = r.get("test_result") if isinstance(r.get("test_result"), dict) else {}
+        value = r.get(metric, test.get(metric))
         if value is None:
-            raise ValueError(f"{runs}: line {n}: no {metric!r}")
-        scores.setdefault(str(r["model"]), []).append(float(value))
+            raise ValueError(f"{runs}: line {n}: no {metric!r} (--metric)")
+        scores.setdefault(str(r["model"]), []).append(_number(runs, n, metric, value))
     order = sorted(scores, key=lambda m: np.mean(scores[m]))
     means = [np.mean(scores[m]) for m in order]
     stds = [np.std(scores[m], ddof=1) if len(scores[m]) > 1 else 0.0 for m in order]
@@ -261,6 +290,8 @@ def _main(argv):
     for p in sub.choices.values():
         p.add_argument("--out", required=True, help="a .png file")
         p.add_argument("--force", action="store_true", help="overwrite --out")
+    if argv and not argv[0].startswith("-") and argv[0] not in KINDS:  # argparse would print its usage too
+        raise ValueError(f"plot kind {argv[0]!r} is unknown; use one of {', '.join(KINDS)}")
     args = parser.parse_args(argv)
     _check_out(args.out, args.force)
     if args.what == "embeddings":

@@ -127,19 +127,68 @@ def significance(per_user: dict, reference: str) -> dict:
 
 class Journal:
     """Append-only JSON-lines record of finished runs; each line is flushed and fsynced, so a
-    killed leaderboard loses at most the runs in flight. A torn last line is ignored."""
+    killed leaderboard loses at most the runs in flight. A torn last line (no newline: the record a
+    killed process left half-written) is cut off, so the next record starts on a line of its own;
+    any other line that is not a journal record is an error naming the file and line."""
+
+    FIELDS = ("key", "kind", "model", "status", "wall_s")  # every record
+    OK_FIELDS = ("params", "valid_" + SELECT, "test")  # a finished run
 
     def __init__(self, path: str):
         self.path = path
         self.records = []
+        self.line_of = {}  # key -> line number of its "ok" record, for errors about its files
+        self.lines = 0
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        self.records.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        continue  # the line a killed process left half-written
-        self.done = {r["key"]: r for r in self.records if r.get("status") == "ok"}
+            with open(path, "rb") as fh:
+                data = fh.read()
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                try:
+                    json.loads(data[cut:])
+                    torn = False
+                except ValueError:
+                    torn = True
+                if torn:
+                    with open(path, "r+b") as fh:
+                        fh.truncate(cut)
+                    data = data[:cut]
+                else:  # a whole record without its newline: keep it, end its line
+                    with open(path, "ab") as fh:
+                        fh.write(b"\n")
+            lines = data.decode("utf-8", errors="replace").splitlines()
+            self.lines = len(lines)
+            for n, line in enumerate(lines, 1):
+                if line.strip():
+                    self.records.append(self._parse(line, n))
+                    if self.records[-1]["status"] == "ok":
+                        self.line_of[self.records[-1]["key"]] = n
+        self.done = {r["key"]: r for r in self.records if r["status"] == "ok"}
+
+    def _parse(self, line: str, n: int) -> dict:
+        where = f"{self.path}: line {n}"
+        fix = "remove the line (its run is redone) or start another --out"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not JSON ({exc.msg}); {fix}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: a JSON {type(record).__name__}, not a journal record; {fix}")
+        fields = self.FIELDS + (self.OK_FIELDS if record.get("status") == "ok" else ())
+        missing = [f for f in fields if f not in record]
+        if missing:
+            raise ValueError(f"{where}: no field {missing[0]!r} (not a leaderboard journal record); {fix}")
+        for field in ("wall_s", "valid_" + SELECT):
+            value = record.get(field, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{where}: field {field!r} is {value!r}, not a number; {fix}")
+        if record["status"] == "ok":
+            test = record["test"]
+            bad = [m for m in METRICS if not isinstance(test, dict) or isinstance(test.get(m), bool)
+                   or not isinstance(test.get(m), (int, float))]
+            if bad:
+                raise ValueError(f"{where}: field 'test' has no number for {bad[0]!r}; {fix}")
+        return record
 
     def append(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
@@ -147,8 +196,36 @@ class Journal:
             fh.flush()
             os.fsync(fh.fileno())
         self.records.append(record)
+        self.lines += 1
         if record.get("status") == "ok":
             self.done[record["key"]] = record
+            self.line_of[record["key"]] = self.lines
+
+    def per_user(self, out: str, record: dict):
+        """The per-user metrics file of ``record`` (user + :data:`METRICS` columns), checked: a
+        missing file, column or non-number is an error naming the file and the journal line."""
+        import pandas as pd
+
+        path = os.path.join(out, str(record.get("per_user_csv", "")))
+        origin = f"(per-user file of {self.path} line {self.line_of.get(record['key'], '?')})"
+        if not record.get("per_user_csv") or not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file {origin}; remove that journal line to redo the run")
+        try:
+            frame = pd.read_csv(path, dtype={"user": str})
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a CSV file ({' '.join(str(exc).split())[:120]}) {origin}") from None
+        missing = [c for c in ("user", *METRICS) if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; found {list(frame.columns)} {origin}")
+        for column in METRICS:
+            values = pd.to_numeric(frame[column], errors="coerce")
+            bad = (values.isna() & frame[column].notna()).to_numpy().nonzero()[0]  # text, not an empty cell
+            if len(bad):
+                raise ValueError(f"{path}: field {column!r} row {bad[0] + 1} (line {bad[0] + 2}) "
+                                 f"(user {frame['user'].iloc[bad[0]]}): "
+                                 f"{frame[column].iloc[bad[0]]!r} is not a number {origin}")
+            frame[column] = values
+        return frame
 
 
 def run_key(kind: str, model: str, params: dict, seed: int) -> str:
@@ -318,6 +395,7 @@ the number of finished trials)``."""
     first = seeds[0]
     if first["key"] not in journal.done:  # the winning trial already is the SEED0 run (same numbers)
         trial = journal.done[run_key("trial", model, params, args.seed0)]
+        journal.per_user(out, trial)  # a missing or malformed file is named before it is copied
         shutil.copyfile(os.path.join(out, trial["per_user_csv"]), first["per_user_csv"])
         journal.append({**trial, "kind": "seed", "key": first["key"], "from_trial": True,
                         "per_user_csv": os.path.relpath(first["per_user_csv"], out)})
@@ -354,7 +432,7 @@ def summarize(models_params: dict, journal: Journal, args, out: str):
             row[f"{metric}_mean"] = sum(values) / len(values)
             row[f"{metric}_std"] = pd.Series(values).std(ddof=1) if len(values) > 1 else 0.0
         rows.append(row)
-        frames = [pd.read_csv(os.path.join(out, r["per_user_csv"]), dtype={"user": str}) for r in runs]
+        frames = [journal.per_user(out, r) for r in runs]
         per_user[model] = pd.concat(frames).groupby("user", as_index=False)[list(METRICS)].mean()
     rows.sort(key=lambda r: -r["recall@20_mean"])
     tests = significance(per_user, rows[0]["model"]) if rows else {}
@@ -470,10 +548,12 @@ def parse_args(argv=None):
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per run")
     parser.add_argument("--force", action="store_true", help="start over in an OUT made with other settings")
     args, overrides = parse_with_overrides(parser, argv)
-    for name in ("budget", "seeds", "jobs", "threads"):
+    for name in ("budget", "seeds", "jobs", "threads", "epochs", "timeout"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be at least 1, got {value}")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise ValueError(f"--time_budget must be a positive number of seconds, got {args.time_budget}")
     if "valid_metric" in overrides or "seed" in overrides:
         raise ValueError("--valid_metric / --seed: the leaderboard selects on valid Recall@20 and sets the seeds "
                          "itself (--seed0, --seeds)")
@@ -502,10 +582,17 @@ def check_settings(out: str, settings: dict, force: bool) -> None:
 
     path = os.path.join(out, "settings.json")
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            old = json.load(fh)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                old = json.load(fh)
+            problem = None if isinstance(old, dict) else f"a JSON {type(old).__name__}, not a settings object"
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            old, problem = None, f"not JSON ({getattr(exc, 'msg', exc)})"
+        if problem and not force:
+            raise ValueError(f"{path}: {problem}; it records the settings of the runs in this --out: restore it, "
+                             "use another --out, or --force to start over")
         if old != settings:
-            if not force:
+            if not force:  # (old is a dict here)
                 changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
                 raise FileExistsError(f"{out}: holds a leaderboard run with other {', '.join(changed)}; "
                                       "use another --out, or --force to start over")
@@ -535,6 +622,8 @@ def _main(argv, runner=None):
     args, overrides = parse_args(argv)
     spaces = resolve_models(args.models)  # a bad model or space fails before any training
     out = os.path.abspath(args.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(f"--out {args.out}: is a file, not a folder")
     os.makedirs(out, exist_ok=True)
     settings = {"dataset": args.dataset, "data_path": os.path.abspath(args.data_path), "epochs": args.epochs,
                 "seed0": args.seed0, "overrides": overrides}

@@ -60,12 +60,15 @@ def test_significance_corrects_over_the_comparisons():
 def test_journal_skips_a_torn_line_and_keeps_failures_out(tmp_path):
     path = tmp_path / "journal.jsonl"
     journal = lb.Journal(str(path))
-    journal.append({"key": "a", "status": "ok"})
-    journal.append({"key": "b", "status": "failed", "error": "boom"})
+    base = {"kind": "trial", "model": "BPR", "wall_s": 1.0}
+    journal.append({**base, "key": "a", "status": "ok", "params": {}, "valid_recall@20": 0.1,
+                    "test": {m: 0.1 for m in lb.METRICS}})
+    journal.append({**base, "key": "b", "status": "failed", "error": "boom"})
     with open(path, "a") as fh:
         fh.write('{"key": "c", "sta')  # a killed writer
     again = lb.Journal(str(path))
     assert set(again.done) == {"a"} and len(again.records) == 2
+    assert path.read_text().endswith("}\n")  # the torn line is cut off: the next record gets its own line
 
 
 class FakeRunner:

@@ -80,15 +80,16 @@ def test_concat_fusion_by_hand(tiny):
 
 def test_single_modality_equal_skips_inner_fusion(tiny):
     data_path, name = tiny
-    _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, fusion_mode="concat", use_modalities=["text"])
+    _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, fusion_mode="concat", weighting="equal",
+                     use_modalities=["text"])
     assert m.mm_concat is None and m.id_mm_concat.in_features == 4
-    _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, use_modalities=["text"])
+    _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, weighting="equal", use_modalities=["text"])
     torch.testing.assert_close(m.fuse_items(E, [F1]), (E + F1) / 2)
 
 
 def test_forward_against_dense_lightgcn_and_projection(tiny):
     data_path, name = tiny
-    _, m, _ = _build("MMGCF", data_path, name, n_ui_layers=2)
+    _, m, _ = _build("MMGCF", data_path, name, n_ui_layers=2, weighting="equal")
     n = m.n_users + m.n_items
     a = torch.zeros(n, n)
     a[m.train_users, m.train_items + m.n_users] = 1.0
@@ -180,6 +181,6 @@ def test_bad_settings_fail_clearly(tiny):
         _build("MMGCF", data_path, name, fusion_mode="prod")
     with pytest.raises(ValueError, match="weighting"):
         _build("MMGCF", data_path, name, weighting="softmax")
-    _, m, _ = _build("MMGCF", data_path, name, feat_embed_dim=8, fusion_mode="concat")  # concat: any size
+    _, m, _ = _build("MMGCF", data_path, name, feat_embed_dim=8, fusion_mode="concat", weighting="equal")  # concat: any size
     assert m.mm_concat.in_features == 16 and m.id_mm_concat.in_features == 16 + 8
     assert m.calculate_loss(_batch(m)).isfinite()

@@ -361,6 +361,13 @@ class SideViewRecommender(MultimodalRecommender):
     Trained with BPR + ``reg_weight`` L2 on the final rows plus ``cl_weight`` x InfoNCE
     (``cl_temperature``) between the two views of the batch's positive items and of its users."""
 
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.embedding_size = config["embedding_size"]
+        self.n_ui_layers, self.n_layers = config["n_ui_layers"], config["n_layers"]  # user-item, item-item depth
+        self.reg_weight, self.cl_weight = config["reg_weight"], config["cl_weight"]  # loss weights
+        self.cl_temperature = config["cl_temperature"]
+
     def calculate_loss(self, interaction):
         user = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]

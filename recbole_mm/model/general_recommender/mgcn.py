@@ -27,10 +27,7 @@ class MGCN(SideViewRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        d = self.embedding_size = config["embedding_size"]
-        self.n_ui_layers, self.n_layers = config["n_ui_layers"], config["n_layers"]  # user-item, item-item depth
-        self.reg_weight, self.cl_weight = config["reg_weight"], config["cl_weight"]  # loss weights
-        self.cl_temperature = config["cl_temperature"]
+        d = self.embedding_size
 
         self.init_id_embeddings(d)
         self.features = self.feature_tables(trainable=config["train_features"])

@@ -85,8 +85,6 @@ def per_user_from_checkpoint(model_file: str, split: str = "test", metrics=("rec
 
     check_request(check_checkpoint(model_file, "--model_file"), metrics, ks)  # before the (slow) load
     config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
-    # an unpickled Config skipped RecBole's NumPy aliases (np.float, ...) that its metrics use
-    config.compatibility_settings()
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     return per_user_metrics(trainer, test_data if split == "test" else valid_data, metrics, ks)
 

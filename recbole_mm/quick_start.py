@@ -163,6 +163,8 @@ def load_data_and_model(model_file):
     """Rebuild config, model (with the saved weights), dataset and dataloaders from a checkpoint."""
     checkpoint = load_checkpoint(model_file, map_location="cpu")
     config = checkpoint["config"]
+    # an unpickled Config skipped RecBole's NumPy aliases (np.float, ...) that its metrics use
+    config.compatibility_settings()
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset = load_dataset(config)

@@ -234,24 +234,10 @@ def recommend(checkpoint_or_model, users=None, topk: int = 50, exclude_train: bo
 
 
 # -- scoring embeddings ------------------------------------------------------------------------
-def _vbpr_embeddings(model):
-    """VBPR scores ``u . [gamma_i ; E f_i] + beta_i + beta' f_i``: the bias rides on a constant 1."""
-    factor, bias = model._item_side()
-    users = model._user_side(torch.arange(model.n_users, device=factor.device))
-    ones = torch.ones(len(users), 1, device=users.device)
-    return torch.cat([users, ones], 1), torch.cat([factor, bias.unsqueeze(1)], 1)
-
-
-# models whose full_sort_predict is a dot product that inference_embeddings() does not expose
-ADAPTERS = {"VBPR": _vbpr_embeddings}
-
-
 def _candidates(model):
     """Ways to read ``(users, items)`` off ``model``, most specific first."""
     from recbole_mm.model.abstract_recommender import MultimodalRecommender
 
-    if type(model).__name__ in ADAPTERS:
-        yield "adapter", lambda: ADAPTERS[type(model).__name__](model)
     if isinstance(model, MultimodalRecommender):
         yield "inference_embeddings()", model.inference_embeddings
         return

@@ -275,6 +275,8 @@ def test_vbpr_pairwise_loss_matches_scores_and_bf16_option(tiny_dataset):
     half.eval()
     assert half.content.dtype == torch.bfloat16
     full = model.full_sort_predict(Interaction({model.USER_ID: u[:4]}))
+    users, items = model.inference_embeddings()  # the bias as one more dot-product column
+    torch.testing.assert_close((users[u[:4]] @ items.T).view(-1), full)
     torch.testing.assert_close(half.full_sort_predict(Interaction({model.USER_ID: u[:4]})), full, atol=2e-2, rtol=2e-2)
     half.train()
     half.calculate_loss(batch).backward()

@@ -83,6 +83,14 @@ class VBPR(MultimodalRecommender):
     def _user_side(self, users):
         return torch.cat([self.user_gamma(users), self.user_theta(users)], dim=1)
 
+    def inference_embeddings(self):
+        """``([gamma_u ; theta_u ; 1], [gamma_i ; E^T f_i ; bias_i])``: the score ``u . factor_i + bias_i``
+        as one dot product (the bias rides on a constant 1), for embedding export and FAISS."""
+        factor, bias = self._item_side()
+        users = self._user_side(torch.arange(self.n_users, device=factor.device))
+        ones = torch.ones(len(users), 1, device=users.device)
+        return torch.cat([users, ones], 1), torch.cat([factor, bias.unsqueeze(1)], 1)
+
     def calculate_loss(self, interaction):
         """BPR needs only ``x_ui - x_uj``. The model is linear in ``f``, so the content terms are
         evaluated on ``f_i - f_j``: one feature-sized projection per triple (exact, and about half

@@ -166,18 +166,12 @@ class Journal:
         self.done = {r["key"]: r for r in self.records if r["status"] == "ok"}
 
     def _parse(self, line: str, n: int) -> dict:
+        from recbole_mm.io import json_record
+
         where = f"{self.path}: line {n}"
         fix = "remove the line (its run is redone) or start another --out"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not JSON ({exc.msg}); {fix}") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: a JSON {type(record).__name__}, not a journal record; {fix}")
-        fields = self.FIELDS + (self.OK_FIELDS if record.get("status") == "ok" else ())
-        missing = [f for f in fields if f not in record]
-        if missing:
-            raise ValueError(f"{where}: no field {missing[0]!r} (not a leaderboard journal record); {fix}")
+        record = json_record(line, where, lambda r: self.FIELDS + (self.OK_FIELDS if r.get("status") == "ok" else ()),
+                             kind="a journal record", source="a leaderboard journal record", hint=fix)
         for field in ("wall_s", "valid_" + SELECT):
             value = record.get(field, 0.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)):

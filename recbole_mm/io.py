@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -10,6 +11,26 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
+
+
+def json_record(line: str, where: str, fields=(), kind: str = "an object", source: str = "the expected file",
+                hint: str | None = None) -> dict:
+    """One line of a JSON-lines file as a dict, or a ``ValueError`` naming ``where`` (file and line).
+
+    ``fields``: the keys the record must have, or a function of the parsed record giving them;
+    ``kind`` / ``source`` word the "not an object" / "missing field" messages; ``hint`` (what the
+    user can do) ends every message."""
+    tail = f"; {hint}" if hint else ""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not JSON ({exc.msg}){tail}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: a JSON {type(record).__name__}, not {kind}{tail}")
+    missing = [f for f in (fields(record) if callable(fields) else fields) if f not in record]
+    if missing:
+        raise ValueError(f"{where}: no field {missing[0]!r} (not {source}){tail}")
+    return record
 
 
 def _umask() -> int:

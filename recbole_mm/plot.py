@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from recbole_mm.io import json_record
 
 MAX_CATEGORIES = 10
 KINDS = ("embeddings", "curves", "leaderboard")
@@ -189,16 +190,8 @@ def read_runs(path: str, fields=("model",)) -> list:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {n}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {n}: a JSON {type(row).__name__}, not an object (a bench.py run)")
-            missing = [f for f in fields if f not in row]
-            if missing:
-                raise ValueError(f"{path}: line {n}: no field {missing[0]!r} (not a benchmarks/bench.py runs.jsonl?)")
-            rows.append((n, row))
+            rows.append((n, json_record(line, f"{path}: line {n}", fields, kind="an object (a bench.py run)",
+                                        source="a benchmarks/bench.py runs.jsonl?")))
     if not rows:
         raise ValueError(f"{path}: no runs in the file")
     return rows

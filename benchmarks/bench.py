@@ -101,6 +101,9 @@ def _worker(spec: dict) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "wall_s": wall, "curve": curve, "test_result": {k: float(v) for k, v in test.items()},
         "train_s_epochs": train_s,
+        # with `cold_items`: the test metrics on the cold and on the warm items (None otherwise)
+        **{key: None if result.get(key) is None else {k: float(v) for k, v in result[key].items()}
+           for key in ("cold_test_result", "warm_test_result")},
     }
 
 

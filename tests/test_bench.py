@@ -160,3 +160,21 @@ def test_peer_epochs_alternates_and_tables(tiny_dataset, tmp_path):
     assert len(runs["ours"]) == len(runs["mmrec"]) == 2 and all(0.045 < t < 1.0 for t in runs["mmrec"])
     assert runs["ratio"] == pytest.approx([o / p for o, p in zip(runs["ours"], runs["mmrec"])])
     assert "| BPR | PeerBPR |" in (out / "peer_epochs.md").read_text()
+
+
+def test_cold_start_table_from_bench_runs(tiny_dataset, tmp_path):
+    """cold_start.py runs bench.py's worker with `cold_items`: a content model gets COLD/WARM columns,
+    an ID-only one "cannot"; the jsonl keeps bench's result fields."""
+    data_path, name = tiny_dataset
+    out = tmp_path / "cold"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "cold_start.py"), "--dataset", name, "--data_path", data_path,
+           "--models", "VBPR", "BPR", "--epochs", "1", "--cold_items", "0.2", "--out", str(out),
+           "--embedding_size=8", "--feature_embedding_size=8", "--train_batch_size=64"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "cold_start.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["VBPR", "BPR"]
+    assert 0 <= rows[0]["cold_test_result"]["recall@20"] <= 1 and rows[1]["cold_test_result"] is None
+    assert set(rows[1]["warm_test_result"]) >= {"recall@20", "ndcg@20"}
+    md = (out / "cold_start.md").read_text()
+    assert "| BPR | " in md and "cannot" in md.split("| BPR |")[1] and "cannot" not in md.split("| VBPR |")[1].split("\n")[0]

@@ -232,6 +232,7 @@ def test_recommend_writes_nothing_when_the_export_fails(tiny_dataset, run_config
     from tests.test_recommend import train_checkpoint
 
     ckpt = train_checkpoint("ItemKNNCBF", tiny_dataset, run_config)
+    capsys.readouterr()  # the training's own output (its loggers may hold an earlier test's closed stream)
     assert rec.main(["--checkpoint", ckpt, "--out", str(tmp_path / "r.csv"), "--export-embeddings",
                      str(tmp_path / "emb")]) == 2
     assert "its score is not a dot product" in _one_error_line(capsys.readouterr().err)

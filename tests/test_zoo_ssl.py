@@ -84,9 +84,9 @@ def test_mvgae_graph_is_mean_over_self_and_neighbours(tiny_dataset):
     torch.testing.assert_close((m.adj @ x)[u], torch.cat([x[u:u + 1], x[items]]).mean(0))
 
 
-def _fake(n_users, sigmoid=False, nodes=False, scores=True):
+def _fake(n_users, sigmoid=False, nodes=False, scores=True, negatives="batch_hardest"):
     return SimpleNamespace(n_users=n_users, sigmoid_embeddings=sigmoid, mmrec_node_indexing=nodes,
-                           score_sigmoid=scores)
+                           score_sigmoid=scores, negatives=negatives)
 
 
 def test_mvgae_reconstruction_hand():
@@ -110,6 +110,9 @@ def test_mvgae_reconstruction_hand():
     pos_s = s((zu[user] * z[pos]).sum(1))
     neg_s = s((zu[user] @ z[neg].T).amax(1))
     torch.testing.assert_close(mm, -torch.log2(s(pos_s - neg_s)).sum())
+    # own negatives: u0 against i1 (score 0), u1 against i2 (score 0) -- plain BPR in log2
+    own = MVGAE.reconstruction_loss(_fake(2, scores=False, negatives="own"), z, user, pos, neg)
+    torch.testing.assert_close(own, -(torch.log2(s(torch.tensor(1.0 - 0.0))) + torch.log2(s(torch.tensor(0.0 - 0.0)))))
 
 
 def test_mvgae_sampling_and_loss_composition(tiny_dataset):

@@ -18,7 +18,8 @@ product of experts, and a sample of the fused Gaussian is decoded into user-item
   at inference ``z = mu`` (deterministic).
 * Loss (the ELBO: reconstruction + KL), for the fused Gaussian and for every single expert:
   ``-sum_b log2 sigmoid(s(u_b, i_b) - max_j s(u_b, j))`` with ``s(u, i) = <z_u, z_i>`` and ``j`` over
-  the batch's negative items (the hardest in-batch negative), plus ``beta`` x
+  the batch's negative items (the hardest in-batch negative; ``negatives: own`` takes each row's own
+  sampled negative instead, plain BPR), plus ``beta`` x
   :func:`~recbole_mm.model.loss.gaussian_kl` over all nodes.
 
 Following MMRec's version (the one we compare against): ``z`` goes through a sigmoid before the
@@ -124,6 +125,9 @@ class MVGAE(MultimodalRecommender):
         self.sigmoid_embeddings = config["sigmoid_embeddings"]
         self.mmrec_node_indexing = config["mmrec_node_indexing"]
         self.score_sigmoid = config["score_sigmoid"]
+        self.negatives = config["negatives"]
+        if self.negatives not in ("batch_hardest", "own"):
+            raise ValueError(f"MVGAE negatives must be batch_hardest or own, got {self.negatives!r}")
         trainable, dropout = config["train_embeddings"], config["conv_dropout"]
 
         collaborative = nn.init.xavier_normal_(torch.empty(self.n_items, dim))
@@ -162,7 +166,11 @@ class MVGAE(MultimodalRecommender):
         if self.mmrec_node_indexing:
             items = z
         u = users[user]
-        pos_score, neg_score = (u * items[pos]).sum(1), (u @ items[neg].T).amax(1)
+        pos_score = (u * items[pos]).sum(1)
+        if self.negatives == "own":  # each row's own sampled negative (plain BPR)
+            neg_score = (u * items[neg]).sum(1)
+        else:  # the hardest of the batch's negatives, per user (MMRec)
+            neg_score = (u @ items[neg].T).amax(1)
         if self.score_sigmoid:
             pos_score, neg_score = torch.sigmoid(pos_score), torch.sigmoid(neg_score)
         return -F.logsigmoid(pos_score - neg_score).sum() / math.log(2.0)

@@ -34,6 +34,7 @@ class VBPR(MultimodalRecommender):
         self.reg_weight = config["reg_weight"]
         self.normalize_features = config["normalize_features"]
         self.use_bias = config["use_bias"]
+        self.reg_content = config["reg_content"]
 
         # f_i is fixed: build the (normalised) concatenation once, not per batch
         content = self.concat_features(normalize=self.normalize_features)
@@ -104,6 +105,11 @@ class VBPR(MultimodalRecommender):
         diff = (gamma_u * (gamma_pos - gamma_neg)).sum(1) + (theta_u * projected[:, :-1]).sum(1)
         if self.use_bias:
             diff = diff + (self.item_bias(pos) - self.item_bias(neg)).squeeze(1) + projected[:, -1]
+        if self.reg_content:  # the item factors' content half E^T f too (MMRec regularises whole item rows)
+            content = self._project(torch.cat([self.content.index_select(0, pos),
+                                               self.content.index_select(0, neg)]))[:, :-1]
+            gamma_pos = torch.cat([gamma_pos, content[: len(pos)]], dim=1)
+            gamma_neg = torch.cat([gamma_neg, content[len(pos):]], dim=1)
         reg = l2_reg(torch.cat([gamma_u, theta_u], dim=1), gamma_pos, gamma_neg)
         return self.loss(diff, torch.zeros_like(diff)) + self.reg_weight * reg
 

@@ -84,6 +84,12 @@ def test_edge_dropout_drops_both_directions_and_renormalises():
     full = g.csr.to_dense()
     torch.testing.assert_close(resc, torch.where(dense > 0, full / 0.7, torch.zeros_like(full)))
     assert augment.edge_dropout(g, 0.0).csr.values().tolist() == pytest.approx(g.csr.values().tolist())
+    # entry-wise (symmetric=False): each stored entry on its own draw, in edges() order
+    values = g.csr.values()
+    keep = augment.edge_keep_mask(len(values), 0.3, _gen(seed)).to(values.dtype)
+    loose = augment.edge_dropout(g, 0.3, _gen(seed), renormalize=False, symmetric=False)
+    torch.testing.assert_close(loose.csr.values(), values * keep / 0.7)
+    torch.testing.assert_close(loose.csr_t.to_dense(), loose.csr.to_dense().T)
 
 
 def test_modality_edge_dropout_draws_independently_and_repeats_with_the_seed():

@@ -93,18 +93,22 @@ def _undirected_index(graph: SparseOperator):
 
 
 def edge_dropout(graph: SparseOperator, rate: float, generator: torch.Generator | None = None,
-                 renormalize: bool = True) -> SparseOperator:
+                 renormalize: bool = True, symmetric: bool = True) -> SparseOperator:
     """``graph`` (a symmetric, e.g. user-item, adjacency) with each undirected edge dropped with
     probability ``rate`` (both directions together; dropped entries stay stored as zeros).
 
     ``renormalize=True``: the kept edges get LightGCN's ``1 / sqrt(d'_r d'_c)`` on the kept (binary)
     degrees ``d'`` -- the re-normalised Laplacian of the dropped graph (SGL, MMGCL's code); the
     graph is taken as binary before normalisation. ``False``: the stored values times
-    ``keep / (1 - rate)`` (SelfCF's rescaling).
+    ``keep / (1 - rate)`` (SelfCF's rescaling). ``symmetric=False`` drops every stored entry
+    independently (the two directions of an edge apart: SelfCF's sparse dropout of the adjacency).
     """
     rows, cols, values = graph.edges()
-    ids, n_undirected = _undirected_index(graph)
-    keep = edge_keep_mask(n_undirected, rate, generator, values.device)[ids].to(values.dtype)
+    if symmetric:
+        ids, n_undirected = _undirected_index(graph)
+        keep = edge_keep_mask(n_undirected, rate, generator, values.device)[ids].to(values.dtype)
+    else:
+        keep = edge_keep_mask(len(values), rate, generator, values.device).to(values.dtype)
     if not renormalize:
         return graph.reweighted(values * keep / (1.0 - rate))
     deg = torch.zeros(graph.shape[0], device=values.device, dtype=values.dtype).index_add_(0, rows, keep)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.model import augment
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
 from recbole_mm.model.layers import SparseOperator, lightgcn_propagate, split_users_items
 from recbole_mm.model.loss import bootstrap_loss, l2_reg
@@ -49,10 +50,8 @@ class SelfCF(MultimodalRecommender):
     def dropped_graph(self) -> SparseOperator:
         """The adjacency with random edge dropout at a rate drawn per call (official encoder)."""
         rate = torch.rand(()).item() * self.graph_dropout
-        values = self.adj.csr.values()
-        keep = torch.rand(values.shape, device=values.device) >= rate
         # entries are dropped independently (no longer symmetric); dropped ones stay as stored zeros
-        return self.adj.reweighted(values * keep / (1.0 - rate))
+        return augment.edge_dropout(self.adj, rate, renormalize=False, symmetric=False)
 
     def forward(self, adj):
         return split_users_items(lightgcn_propagate(adj, self.id_embeddings(), self.n_layers), self.n_users)

@@ -42,9 +42,8 @@ def test_fusion_by_hand(tiny):
         ("sum", "normalized"): [[1.2 + 2 ** -0.5 - 10 ** -0.5, 1.6 + 2 ** -0.5 + 3 * 10 ** -0.5], [2 + 0 + 1, 0 + 1 + 0]],
     }
     cases[("mean", "normalized")] = (torch.tensor(cases[("sum", "normalized")]) / 3).tolist()
-    _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, weighting="alpha")  # alpha_logit = 0
     for (fusion, weighting), expected in cases.items():
-        m.fusion_mode, m.weighting = fusion, weighting  # mean / sum have no parameters of their own
+        _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, fusion_mode=fusion, weighting=weighting)
         torch.testing.assert_close(m.fuse_items(E, [F1, F2]), torch.tensor(expected, dtype=torch.float),
                                    msg=f"{fusion}/{weighting}")
 
@@ -53,27 +52,27 @@ def test_concat_fusion_by_hand(tiny):
     data_path, name = tiny
     _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, fusion_mode="concat", weighting="equal")
     with torch.no_grad():  # mm layer: [f1; f2] -> sum of the four inputs in both outputs, + 1
-        m.mm_concat.weight.copy_(torch.ones(2, 4))
-        m.mm_concat.bias.fill_(1.0)
-        m.id_mm_concat.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0]]))  # [e; mm] -> (e_0, mm_1)
-        m.id_mm_concat.bias.zero_()
+        m.mm_fusion.linear.weight.copy_(torch.ones(2, 4))
+        m.mm_fusion.linear.bias.fill_(1.0)
+        m.id_mm_fusion.linear.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0]]))  # [e; mm] -> (e_0, mm_1)
+        m.id_mm_fusion.linear.bias.zero_()
     # mm rows: 1+1-1+3+1 = 5, 0+2+4+0+1 = 7 (both columns) -> (e_0, 5), (e_0, 7)
     torch.testing.assert_close(m.fuse_items(E, [F1, F2]), torch.tensor([[3.0, 5.0], [1.0, 7.0]]))
-    assert m.all_concat is None
+    assert m.all_fusion is None
 
     _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, fusion_mode="concat", weighting="alpha")
-    assert m.mm_concat is None and m.id_mm_concat is None and m.all_concat.in_features == 6
+    assert m.mm_fusion is None and m.id_mm_fusion is None and m.all_fusion.linear.in_features == 6
     with torch.no_grad():
-        m.all_concat.weight.copy_(torch.tensor([[1.0, 0, 1, 0, 1, 0], [0, 0, 0, 0, 0, 2.0]]))
-        m.all_concat.bias.zero_()
+        m.all_fusion.linear.weight.copy_(torch.tensor([[1.0, 0, 1, 0, 1, 0], [0, 0, 0, 0, 0, 2.0]]))
+        m.all_fusion.linear.bias.zero_()
         m.alpha_logit.fill_(torch.log(torch.tensor(3.0)))  # a = 3/4
     # row 0: 0.75*3 + 0.25*1 + 0.25*(-1) = 2.25, 2 * 0.25 * 3 = 1.5; row 1: 0.75 + 0 + 1 = 1.75, 0
     torch.testing.assert_close(m.fuse_items(E, [F1, F2]), torch.tensor([[2.25, 1.5], [1.75, 0.0]]))
 
     _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, fusion_mode="concat", weighting="normalized")
     with torch.no_grad():
-        m.all_concat.weight.copy_(torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0, 0]]))
-        m.all_concat.bias.zero_()
+        m.all_fusion.linear.weight.copy_(torch.tensor([[1.0, 0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0, 0]]))
+        m.all_fusion.linear.bias.zero_()
     # (2 e/|e|)_0 and (f1/|f1|)_1: row 0 1.2, 2^-0.5; row 1 2, 1
     torch.testing.assert_close(m.fuse_items(E, [F1, F2]), torch.tensor([[1.2, 2 ** -0.5], [2.0, 1.0]]))
 
@@ -82,9 +81,22 @@ def test_single_modality_equal_skips_inner_fusion(tiny):
     data_path, name = tiny
     _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, fusion_mode="concat", weighting="equal",
                      use_modalities=["text"])
-    assert m.mm_concat is None and m.id_mm_concat.in_features == 4
+    assert m.mm_fusion is None and m.id_mm_fusion.linear.in_features == 4
     _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, weighting="equal", use_modalities=["text"])
     torch.testing.assert_close(m.fuse_items(E, [F1]), (E + F1) / 2)
+
+
+@pytest.mark.parametrize("fusion", ["gate", "attention", "cross_attention", "non_invasive"])
+def test_shared_fusion_operators(tiny, fusion):
+    """The shared Fusion layer's other operators: ID rows first, then the (normalised) modality rows."""
+    data_path, name = tiny
+    _, m, _ = _build("MMGCF", data_path, name, embedding_size=2, fusion_mode=fusion, fusion_heads=1)
+    assert m.all_fusion.mode == fusion and m.mm_fusion is None
+    parts = [F.normalize(E, dim=1) * 2, F.normalize(F1, dim=1), F.normalize(F2, dim=1)]
+    torch.testing.assert_close(m.fuse_items(E, [F1, F2]), m.all_fusion(parts))
+    _, eq, _ = _build("MMGCF", data_path, name, embedding_size=2, fusion_mode=fusion, weighting="equal", fusion_heads=1)
+    # equal weighting: the modalities fused first, then the ID rows with them
+    torch.testing.assert_close(eq.fuse_items(E, [F1, F2]), eq.id_mm_fusion([E, eq.mm_fusion([F1, F2])]))
 
 
 def test_forward_against_dense_lightgcn_and_projection(tiny):
@@ -122,7 +134,7 @@ def test_loss_every_combination(tiny, fusion, weighting):
     loss.backward()
     learned = [m.user_embedding.weight, m.item_embedding.weight] + [p.weight for p in m.projector.proj.values()]
     learned += [getattr(m, "alpha_logit")] if weighting == "alpha" else []
-    learned += [l.weight for l in (m.mm_concat, m.id_mm_concat, m.all_concat) if l is not None]
+    learned += [f.linear.weight for f in (m.mm_fusion, m.id_mm_fusion, m.all_fusion) if f is not None and f.mode == "concat"]
     assert fusion != "concat" or len(learned) > 4
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in learned)
 
@@ -182,5 +194,5 @@ def test_bad_settings_fail_clearly(tiny):
     with pytest.raises(ValueError, match="weighting"):
         _build("MMGCF", data_path, name, weighting="softmax")
     _, m, _ = _build("MMGCF", data_path, name, feat_embed_dim=8, fusion_mode="concat", weighting="equal")  # concat: any size
-    assert m.mm_concat.in_features == 16 and m.id_mm_concat.in_features == 16 + 8
+    assert m.mm_fusion.linear.in_features == 16 and m.id_mm_fusion.linear.in_features == 16 + 8
     assert m.calculate_loss(_batch(m)).isfinite()

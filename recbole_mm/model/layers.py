@@ -243,18 +243,21 @@ class Fusion(nn.Module):
       views are mixed; it never enters the value stream (``x_0 = 0`` gives a side-independent
       output). Needs M >= 1.
 
+    Only ``concat`` takes inputs of different sizes (``concat_width`` = their total width).
+
     ``last_weights`` keeps the latest attention weights (``attention``: ``(N, M)``;
     ``cross_attention`` ``(N, M, M)`` with a zero diagonal; ``non_invasive`` ``(N, M+1, M+1)``;
     averaged over heads) for inspection.
     """
 
-    def __init__(self, mode: str, dim: int, n_inputs: int, heads: int = 1, combine: str = "mean"):
+    def __init__(self, mode: str, dim: int, n_inputs: int, heads: int = 1, combine: str = "mean",
+                 concat_width: int | None = None):
         super().__init__()
         if mode not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {mode!r}")
         self.mode = mode
-        if mode == "concat":
-            self.linear = nn.Linear(dim * n_inputs, dim)
+        if mode == "concat":  # concat_width: the inputs' total width when they differ in size
+            self.linear = nn.Linear(concat_width or dim * n_inputs, dim)
         elif mode == "gate":
             self.gates = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_inputs))
         elif mode == "attention":

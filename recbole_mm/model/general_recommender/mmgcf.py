@@ -10,8 +10,10 @@ code (MMRec's ``mmgcf.py``), which we compare against.
   user-item graph ``A``; ``E^0`` Xavier-initialised.
 * (2) Modality features: ``f_m = W_m x_m + b_m``, ``x_m`` the raw (frozen) features of modality
   ``m``, ``W_m`` learned (``feat_embed_dim``); any number ``M`` of modalities.
-* (3) Fusion of the item representation ``e_i`` (``fuse`` = ``fusion_mode``: element-wise ``mean``,
-  ``sum``, or ``concat`` = a learned linear map of the concatenation back to ``embedding_size``):
+* (3) Fusion of the item representation ``e_i`` (``fuse`` = ``fusion_mode``: the official element-wise
+  ``mean``, ``sum``, or ``concat`` = a learned linear map of the concatenation back to
+  ``embedding_size``; also the shared layer's ``gate``, ``attention``, ``cross_attention`` and
+  ``non_invasive`` operators, :class:`~recbole_mm.model.layers.Fusion`, ``e_i`` its first input):
   - ``equal``:      ``fuse(e_i, fuse(f_1, ..., f_M))`` (the inner fuse only when ``M > 1``);
   - ``alpha``:      ``fuse(a e_i, (1-a) f_1, ..., (1-a) f_M)``, ``a = sigmoid(w)``, ``w`` learned, 0 at start;
   - ``normalized``: ``fuse(M e_i/|e_i|, f_1/|f_1|, ..., f_M/|f_M|)``.
@@ -23,8 +25,8 @@ code (MMRec's ``mmgcf.py``), which we compare against.
 
 Deviations from MMRec, none of which changes the model: we keep ``ceil((1-dropout)|E|)`` edges where
 MMRec keeps ``int(...)``; the loss fuses only the batch's rows (fusion is row-wise, same values and
-gradients); only the concat layers a setting uses are created; ``feat_embed_dim: ~`` means
-``embedding_size`` (MMRec sets both to 64; mean/sum need them equal).
+gradients); only the fusion layers a setting uses are created; ``feat_embed_dim: ~`` means
+``embedding_size`` (MMRec sets both to 64; every mode but concat needs them equal).
 """
 
 from __future__ import annotations
@@ -35,10 +37,9 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import ModalityProjector, lightgcn_propagate, split_users_items
+from recbole_mm.model.layers import FUSIONS, Fusion, ModalityProjector, lightgcn_propagate, split_users_items
 from recbole_mm.model.loss import bpr_loss, l2_reg
 
-FUSION_MODES = ("mean", "sum", "concat")
 WEIGHTINGS = ("equal", "alpha", "normalized")
 
 
@@ -52,12 +53,12 @@ class MMGCF(MultimodalRecommender):
         fd = self.feat_embed_dim = config["feat_embed_dim"] or d
         self.n_ui_layers, self.reg_weight, self.dropout = config["n_ui_layers"], config["reg_weight"], config["dropout"]
         self.fusion_mode, self.weighting = config["fusion_mode"], config["weighting"]
-        if self.fusion_mode not in FUSION_MODES:
-            raise ValueError(f"fusion_mode must be one of {FUSION_MODES}, got {self.fusion_mode!r}")
+        if self.fusion_mode not in FUSIONS:
+            raise ValueError(f"fusion_mode must be one of {FUSIONS}, got {self.fusion_mode!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.fusion_mode != "concat" and fd != d:
-            raise ValueError(f"fusion_mode {self.fusion_mode!r} adds ID and feature embeddings element-wise: "
+            raise ValueError(f"fusion_mode {self.fusion_mode!r} combines ID and feature embeddings of one size: "
                              f"feat_embed_dim ({fd}) must equal embedding_size ({d}) (or use fusion_mode concat)")
         n_mod = len(self.modalities)
 
@@ -65,13 +66,14 @@ class MMGCF(MultimodalRecommender):
         self.projector = ModalityProjector(self.modality_dims(), fd)  # Eq. 2 (nn.Linear's default init)
         if self.weighting == "alpha":
             self.alpha_logit = nn.Parameter(torch.zeros(()))  # a = sigmoid(0) = 0.5 at start
-        self.mm_concat = self.id_mm_concat = self.all_concat = None
-        if self.fusion_mode == "concat":
-            if self.weighting == "equal":
-                self.mm_concat = nn.Linear(n_mod * fd, fd) if n_mod > 1 else None
-                self.id_mm_concat = nn.Linear(d + fd, d)
-            else:
-                self.all_concat = nn.Linear(d + n_mod * fd, d)
+        mode, heads, combine = self.fusion_mode, config["fusion_heads"] or 1, config["fusion_combine"] or "mean"
+        fusion = lambda n, width, dim=d: Fusion(mode, dim, n, heads, combine, concat_width=width)  # noqa: E731
+        self.mm_fusion = self.id_mm_fusion = self.all_fusion = None
+        if self.weighting == "equal":
+            self.mm_fusion = fusion(n_mod, n_mod * fd, fd) if n_mod > 1 else None
+            self.id_mm_fusion = fusion(2, d + fd)
+        else:
+            self.all_fusion = fusion(n_mod + 1, d + n_mod * fd)
 
         self.full_adj = self.ui_graph()
         self.train_adj = self.full_adj
@@ -86,23 +88,15 @@ class MMGCF(MultimodalRecommender):
         raw = {m: self.modality_feature(m) if items is None else self.modality_feature(m)[items] for m in self.modalities}
         return list(self.projector(raw).values())
 
-    def _fuse(self, parts: list, linear: nn.Module | None) -> torch.Tensor:
-        if self.fusion_mode == "mean":
-            return torch.stack(parts).mean(0)
-        if self.fusion_mode == "sum":
-            return torch.stack(parts).sum(0)
-        return linear(torch.cat(parts, dim=1))
-
     def fuse_items(self, item_emb: torch.Tensor, feats: list) -> torch.Tensor:
         """Eq. 3: fuse the LightGCN item rows with their modality embeddings (row-wise)."""
         if self.weighting == "alpha":
             a = torch.sigmoid(self.alpha_logit)
-            return self._fuse([a * item_emb] + [(1.0 - a) * f for f in feats], self.all_concat)
+            return self.all_fusion([a * item_emb] + [(1.0 - a) * f for f in feats])
         if self.weighting == "normalized":
-            return self._fuse([F.normalize(item_emb, dim=1) * len(feats)] + [F.normalize(f, dim=1) for f in feats],
-                              self.all_concat)
-        mm = self._fuse(feats, self.mm_concat) if len(feats) > 1 else feats[0]
-        return self._fuse([item_emb, mm], self.id_mm_concat)
+            return self.all_fusion([F.normalize(item_emb, dim=1) * len(feats)] + [F.normalize(f, dim=1) for f in feats])
+        mm = self.mm_fusion(feats) if len(feats) > 1 else feats[0]
+        return self.id_mm_fusion([item_emb, mm])
 
     # -- Eq. 1, 4 -----------------------------------------------------------------------------
     def forward(self, adj):

@@ -214,26 +214,14 @@ def reference_table(rows, reference, metric: str = "recall@20") -> str:
 
 
 def plot(rows, path: str, title: str) -> bool:
-    try:
-        import matplotlib
+    """``curves.png``: recbole_mm.plot's curve drawing; skipped (with a note) without matplotlib."""
+    from recbole_mm.plot import draw_curves
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no curves.png (pip install matplotlib)", file=sys.stderr)
+    try:
+        draw_curves(rows, path, title)
+    except ValueError as exc:  # matplotlib missing
+        print(f"{exc}: no curves.png", file=sys.stderr)
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        ys = [y for y in r["curve"] if y is not None]
-        ax.plot(range(len(ys)), ys, label=f"{r['model']} (seed {r['seed']})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("valid Recall@20")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True
 
 

@@ -11,18 +11,16 @@ one of them), reduced by PCA (default; fast) or PCA to 50 dimensions then t-SNE 
 both seeded. Points are coloured by popularity (training interactions per item, log scale; items
 without any, e.g. ``cold_items``, are drawn grey) or by a categorical item field (the ten commonest
 values, the rest as "other"). ``curves``: valid Recall@20 per epoch of ``benchmarks/bench.py``'s
-``runs.jsonl`` (bench.py's own drawing). ``leaderboard``: mean test metric per model over its seeds
+``runs.jsonl`` (the drawing bench.py writes as its ``curves.png``). ``leaderboard``: mean test metric per model over its seeds
 (± std when there are several), best on top.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -208,15 +206,22 @@ def _number(path: str, n: int, field: str, value) -> float:
         raise ValueError(f"{path}: line {n}: field {field!r} is {value!r}, not a number") from None
 
 
-def _bench():
-    """``benchmarks/bench.py`` of the source checkout, whose ``plot`` draws the curves."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the curves are drawn by benchmarks/bench.py of a source checkout")
-    spec = importlib.util.spec_from_file_location("recbole_mm_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def draw_curves(rows, path: str, title: str) -> None:
+    """One line per run: ``row["curve"]`` (valid Recall@20 per epoch; ``None`` entries skipped),
+    labelled ``model (seed s)``; written as a PNG to ``path`` (benchmarks/bench.py draws with it too)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ys = [y for y in r["curve"] if y is not None]
+        ax.plot(range(len(ys)), ys, label=f"{r['model']} (seed {r['seed']})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid Recall@20")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
 
 
 def plot_curves(runs: str, out: str, title: str | None = None, force: bool = False) -> str:
@@ -229,8 +234,7 @@ def plot_curves(runs: str, out: str, title: str | None = None, force: bool = Fal
                 _number(runs, n, "curve", y)
     rows = [r for _, r in numbered]
     _pyplot()
-    bench = _bench()
-    return _save(lambda path: bench.plot(rows, path, title or "valid Recall@20 per epoch"), out, force)
+    return _save(lambda path: draw_curves(rows, path, title or "valid Recall@20 per epoch"), out, force)
 
 
 def plot_leaderboard(runs: str, out: str, metric: str = "recall@20", title: str | None = None,

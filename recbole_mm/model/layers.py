@@ -311,10 +311,12 @@ class Fusion(nn.Module):
         return (weights * stacked).sum(1)
 
     @classmethod
-    def from_config(cls, config, dim: int, n_inputs: int, default: str = "sum") -> "Fusion":
-        """The layer a model's ``fusion`` / ``fusion_heads`` / ``fusion_combine`` keys describe."""
-        return cls(config["fusion"] or default, dim, n_inputs, heads=config["fusion_heads"] or 1,
-                   combine=config["fusion_combine"] or "mean")
+    def from_config(cls, config, dim: int, n_inputs: int, default: str = "sum", mode: str | None = None,
+                    concat_width: int | None = None) -> "Fusion":
+        """The layer a model's ``fusion`` / ``fusion_heads`` / ``fusion_combine`` keys describe
+        (``mode`` given: that operator instead of the ``fusion`` key's)."""
+        return cls(mode or config["fusion"] or default, dim, n_inputs, heads=config["fusion_heads"] or 1,
+                   combine=config["fusion_combine"] or "mean", concat_width=concat_width)
 
 
 def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:

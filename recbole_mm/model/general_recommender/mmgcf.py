@@ -66,8 +66,8 @@ class MMGCF(MultimodalRecommender):
         self.projector = ModalityProjector(self.modality_dims(), fd)  # Eq. 2 (nn.Linear's default init)
         if self.weighting == "alpha":
             self.alpha_logit = nn.Parameter(torch.zeros(()))  # a = sigmoid(0) = 0.5 at start
-        mode, heads, combine = self.fusion_mode, config["fusion_heads"] or 1, config["fusion_combine"] or "mean"
-        fusion = lambda n, width, dim=d: Fusion(mode, dim, n, heads, combine, concat_width=width)  # noqa: E731
+        fusion = lambda n, width, dim=d: Fusion.from_config(  # noqa: E731
+            config, dim, n, mode=self.fusion_mode, concat_width=width)
         self.mm_fusion = self.id_mm_fusion = self.all_fusion = None
         if self.weighting == "equal":
             self.mm_fusion = fusion(n_mod, n_mod * fd, fd) if n_mod > 1 else None

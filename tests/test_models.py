@@ -261,7 +261,7 @@ def test_vbpr_pairwise_loss_matches_scores_and_bf16_option(tiny_dataset):
     from recbole_mm.model.loss import bpr_loss, l2_reg
 
     data_path, name = tiny_dataset
-    _, model, train = _build("VBPR", data_path, name)
+    _, model, train = _build("VBPR", data_path, name, reg_content=False)
     model.eval()
     batch = next(iter(train))
     u, i, j = batch[model.USER_ID], batch[model.ITEM_ID], batch[model.NEG_ITEM_ID]
@@ -269,8 +269,9 @@ def test_vbpr_pairwise_loss_matches_scores_and_bf16_option(tiny_dataset):
     neg = model.predict(Interaction({model.USER_ID: u, model.ITEM_ID: j}))
     reg = l2_reg(torch.cat([model.user_gamma(u), model.user_theta(u)], 1), model.item_gamma(i), model.item_gamma(j))
     torch.testing.assert_close(model.calculate_loss(batch), bpr_loss(pos, neg) + model.reg_weight * reg)
-    # reg_content: the L2 term covers whole item factors [gamma_i ; E^T f_i], as in MMRec
-    _, whole, _ = _build("VBPR", data_path, name, reg_content=True)
+    # reg_content (the default): the L2 term covers whole item factors [gamma_i ; E^T f_i], as in MMRec
+    _, whole, _ = _build("VBPR", data_path, name)
+    assert whole.reg_content
     whole.load_state_dict(model.state_dict())
     whole.eval()
     factor = lambda items: whole._item_side(items)[0]  # noqa: E731

@@ -9,6 +9,10 @@ pairwise BPR objective:
 ``f_i`` is the concatenation of all the item's modalities (not only a visual CNN feature), ``E``
 projects it to ``feature_embedding_size`` dims. Equivalently the item factor is
 ``[gamma_i ; E^T f_i]`` against the user factor ``[gamma_u ; theta_u]``.
+
+Loss: BPR + ``reg_weight`` x squared L2 of the batch's user factors and item factors, the content
+part ``E^T f_i`` included (``reg_content``: the paper's ``lambda ||E||^2`` restricted to the rows a
+batch touches; without it the projection of large raw features grows unchecked).
 """
 
 from __future__ import annotations

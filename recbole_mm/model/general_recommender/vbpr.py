@@ -97,24 +97,28 @@ class VBPR(MultimodalRecommender):
         return torch.cat([users, ones], 1), torch.cat([factor, bias.unsqueeze(1)], 1)
 
     def calculate_loss(self, interaction):
-        """BPR needs only ``x_ui - x_uj``. The model is linear in ``f``, so the content terms are
-        evaluated on ``f_i - f_j``: one feature-sized projection per triple (exact, and about half
-        the work of projecting both items)."""
+        """BPR needs only ``x_ui - x_uj``. The model is linear in ``f``, so without ``reg_content`` the
+        content terms are evaluated on ``f_i - f_j``: one feature-sized projection per triple (exact,
+        and about half the work of projecting both items). ``reg_content`` needs ``E^T f_i`` and
+        ``E^T f_j`` themselves, so both are projected and the difference taken after."""
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
         gamma_u, theta_u = self.user_gamma(users), self.user_theta(users)
         gamma_pos, gamma_neg = self.item_gamma(pos), self.item_gamma(neg)
-        f_diff = self.content.index_select(0, pos) - self.content.index_select(0, neg)
-        projected = self._project(f_diff)  # [E^T (f_i - f_j) | beta'^T (f_i - f_j)]
+        f_pos, f_neg = self.content.index_select(0, pos), self.content.index_select(0, neg)
+        if self.reg_content:  # the item factors' content half E^T f too (MMRec regularises whole item rows)
+            both = self._project(torch.cat([f_pos, f_neg]))
+            projected = both[: len(pos)] - both[len(pos):]
+            item_rows = (torch.cat([gamma_pos, both[: len(pos), :-1]], dim=1),
+                         torch.cat([gamma_neg, both[len(pos):, :-1]], dim=1))
+        else:
+            projected = self._project(f_pos - f_neg)
+            item_rows = (gamma_pos, gamma_neg)
+        # projected = [E^T (f_i - f_j) | beta'^T (f_i - f_j)]
         diff = (gamma_u * (gamma_pos - gamma_neg)).sum(1) + (theta_u * projected[:, :-1]).sum(1)
         if self.use_bias:
             diff = diff + (self.item_bias(pos) - self.item_bias(neg)).squeeze(1) + projected[:, -1]
-        if self.reg_content:  # the item factors' content half E^T f too (MMRec regularises whole item rows)
-            content = self._project(torch.cat([self.content.index_select(0, pos),
-                                               self.content.index_select(0, neg)]))[:, :-1]
-            gamma_pos = torch.cat([gamma_pos, content[: len(pos)]], dim=1)
-            gamma_neg = torch.cat([gamma_neg, content[len(pos):]], dim=1)
-        reg = l2_reg(torch.cat([gamma_u, theta_u], dim=1), gamma_pos, gamma_neg)
+        reg = l2_reg(torch.cat([gamma_u, theta_u], dim=1), *item_rows)
         return self.loss(diff, torch.zeros_like(diff)) + self.reg_weight * reg
 
     def predict(self, interaction):

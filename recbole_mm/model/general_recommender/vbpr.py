@@ -107,10 +107,9 @@ class VBPR(MultimodalRecommender):
         gamma_pos, gamma_neg = self.item_gamma(pos), self.item_gamma(neg)
         f_pos, f_neg = self.content.index_select(0, pos), self.content.index_select(0, neg)
         if self.reg_content:  # the item factors' content half E^T f too (MMRec regularises whole item rows)
-            both = self._project(torch.cat([f_pos, f_neg]))
-            projected = both[: len(pos)] - both[len(pos):]
-            item_rows = (torch.cat([gamma_pos, both[: len(pos), :-1]], dim=1),
-                         torch.cat([gamma_neg, both[len(pos):, :-1]], dim=1))
+            p_pos, p_neg = self._project(torch.cat([f_pos, f_neg])).split(len(pos))
+            projected = p_pos - p_neg
+            item_rows = (torch.cat([gamma_pos, p_pos[:, :-1]], dim=1), torch.cat([gamma_neg, p_neg[:, :-1]], dim=1))
         else:
             projected = self._project(f_pos - f_neg)
             item_rows = (gamma_pos, gamma_neg)

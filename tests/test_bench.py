@@ -178,3 +178,12 @@ def test_cold_start_table_from_bench_runs(tiny_dataset, tmp_path):
     assert set(rows[1]["warm_test_result"]) >= {"recall@20", "ndcg@20"}
     md = (out / "cold_start.md").read_text()
     assert "| BPR | " in md and "cannot" in md.split("| BPR |")[1] and "cannot" not in md.split("| VBPR |")[1].split("\n")[0]
+    # --from_jsonl trains nothing and rebuilds the same rows (how parallel queues are merged)
+    merged = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cold_start.py"), "--from_jsonl",
+                             str(out / "cold_start.jsonl"), str(out / "cold_start.jsonl"), "--out", str(tmp_path / "m")],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    rows_md = [line for line in md.splitlines() if line.startswith("| VBPR |") or line.startswith("| BPR |")]
+    merged_md = (tmp_path / "m" / "cold_start.md").read_text()
+    assert [line for line in merged_md.splitlines() if line.startswith("| ")][2:] == rows_md * 2
+    assert f"| VBPR | {rows[0]['best_epoch']} | " in merged_md

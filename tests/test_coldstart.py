@@ -164,3 +164,35 @@ def test_restricted_to_all_items_is_recboles_test_result(tiny_dataset, run_confi
     mine = restricted_metrics(model, test_data, torch.arange(1, dataset.item_num), config)
     for key in ("recall@10", "recall@20", "ndcg@10", "ndcg@20"):
         assert mine[key] == pytest.approx(result["test_result"][key], abs=1e-4)
+
+
+def test_cold_items_are_never_negatives_nor_ranked_in_valid(tiny_dataset, run_config):
+    """A cold item does not exist before test time: the train sampler never draws it (uniform or
+    popularity), the validation ranking masks it for every user, the test ranking keeps it."""
+    from recbole_mm.config import Config
+    from recbole_mm.data import create_dataset, data_preparation
+    from recbole_mm.data.coldstart import ExcludingSampler
+
+    data_path, name = tiny_dataset
+    config = Config("VBPR", name, config_dict=dict(run_config, data_path=data_path, cold_items=0.25))
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    cold = dataset.cold_items
+    sampler = train._sampler
+    assert isinstance(sampler, ExcludingSampler)
+    users = train._dataset.inter_feat[dataset.uid_field].numpy()
+    negatives = sampler.sample_by_user_ids(users, None, 50)
+    assert not torch.isin(negatives, cold).any()
+    warm = set(range(1, dataset.item_num)) - set(cold.tolist())
+    assert set(negatives.tolist()) == warm  # every other item is still drawn
+    sampler.set_distribution("popularity")
+    assert not torch.isin(torch.as_tensor(sampler.sampling(2000)), cold).any()
+
+    def masked(loader):
+        _, (hist_u, hist_i), _, _ = next(iter(loader))
+        return {(int(u), int(i)) for u, i in zip(hist_u, hist_i)}, int(hist_u.max()) + 1
+
+    history, n_users = masked(valid)
+    assert all((u, int(c)) in history for u in range(n_users) for c in cold)
+    history, n_users = masked(test)
+    assert not any((u, int(c)) in history for u in range(n_users) for c in cold)

@@ -4,7 +4,12 @@
 random with the run's ``seed`` (:func:`pick_cold_items`). Every interaction of those items, in train,
 valid or test, becomes a test interaction (:func:`cold_split`): the model never sees a cold item in
 training or validation, but the item stays in the vocabulary with its features, so a model whose item
-representation comes from content can still score it.
+representation comes from content can still score it. "Never sees" includes the negatives and the
+validation ranking: new items do not exist yet when a model is trained, so :class:`ExcludingSampler`
+never draws a cold item as a negative (otherwise every cold item would be trained as a pure
+negative, which pushes its representation away from all users and leaves its content signal as
+noise), and :class:`ColdMaskedFullSortEvalDataLoader` leaves them out of the validation ranking
+(model selection). The test ranking keeps them.
 
 :func:`restricted_metrics` then measures the test ranking on a subset of the items (the common
 cold-start protocol): for each test user, the ground truth is her test items *in the subset*, the
@@ -17,7 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.data.interaction import cat_interactions
+from recbole.sampler import Sampler
 
 
 def cold_ratio(config) -> float:
@@ -54,6 +61,49 @@ def cold_split(datasets, cold: torch.Tensor, iid_field: str):
         moved.append(part.inter_feat[is_cold])
         kept.append(part.copy(part.inter_feat[~is_cold]))
     return [kept[0], kept[1], test.copy(cat_interactions(moved))]
+
+
+class ExcludingSampler(Sampler):
+    """RecBole's :class:`~recbole.sampler.Sampler` (same phases, used ids and distribution) whose draws
+    never return an ``excluded`` item: uniform draws come from the other items, popularity draws
+    from their interactions only."""
+
+    def __init__(self, sampler: Sampler, excluded: torch.Tensor):
+        # share the built sampler's state (used ids of every phase) instead of recounting them
+        self.__dict__.update(sampler.__dict__)
+        keep = np.ones(self.item_num, dtype=bool)
+        keep[0] = False
+        keep[np.asarray(excluded, dtype=np.int64)] = False
+        self.allowed = np.flatnonzero(keep)
+        if not len(self.allowed):
+            raise ValueError("cold_items: no item is left to sample negatives from")
+        self.set_distribution(self.distribution)  # rebuilds the popularity table without them
+
+    def _uni_sampling(self, sample_num):
+        return self.allowed[np.random.randint(0, len(self.allowed), sample_num)]
+
+    def _get_candidates_list(self):
+        candidates = np.concatenate([d.inter_feat[self.iid_field].numpy() for d in self.datasets])
+        return list(candidates[np.isin(candidates, self.allowed)])
+
+
+class ColdMaskedFullSortEvalDataLoader(FullSortEvalDataLoader):
+    """Full-ranking loader whose ranking leaves the ``excluded`` items out for every user: they join
+    each user's masked history in every batch (no per-user copy is stored)."""
+
+    def __init__(self, config, dataset, sampler, excluded: torch.Tensor, shuffle=False):
+        self._excluded = torch.as_tensor(excluded, dtype=torch.int64)
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+
+    def collate_fn(self, index):
+        batch = super().collate_fn(index)
+        if self.is_sequential:
+            return batch
+        user_df, (history_u, history_i), positive_u, positive_i = batch
+        n, k = len(user_df), len(self._excluded)
+        history_u = torch.cat([history_u, torch.arange(n).repeat_interleave(k)])
+        history_i = torch.cat([history_i, self._excluded.repeat(n)])
+        return user_df, (history_u, history_i), positive_u, positive_i
 
 
 def restricted_metrics(model, test_data, items: torch.Tensor, config) -> dict:

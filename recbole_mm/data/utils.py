@@ -70,6 +70,12 @@ def data_preparation(config, dataset):
     check_against_dataset(config, dataset)
     train_dataset, valid_dataset, test_dataset = built
     train_sampler, valid_sampler, test_sampler = create_samplers(config, dataset, built)
+    cold = getattr(dataset, "cold_items", None)
+    if cold is not None:  # cold items do not exist before test time: never a negative, never ranked in valid
+        from recbole_mm.data.coldstart import ExcludingSampler
+
+        train_sampler, valid_sampler = (s if s is None else ExcludingSampler(s, cold)
+                                        for s in (train_sampler, valid_sampler))
     if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:
         from recbole.sampler import KGSampler
 
@@ -79,7 +85,13 @@ def data_preparation(config, dataset):
         train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, kg_sampler, shuffle=True)
     else:
         train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
-    valid_data = get_dataloader(config, "valid")(config, valid_dataset, valid_sampler, shuffle=False)
+    valid_cls = get_dataloader(config, "valid")
+    if cold is not None and valid_cls is FullSortEvalDataLoader:
+        from recbole_mm.data.coldstart import ColdMaskedFullSortEvalDataLoader
+
+        valid_data = ColdMaskedFullSortEvalDataLoader(config, valid_dataset, valid_sampler, cold)
+    else:
+        valid_data = valid_cls(config, valid_dataset, valid_sampler, shuffle=False)
     test_cls = get_dataloader(config, "test")
     if test_mask == "train" and test_cls is FullSortEvalDataLoader:
         history = train_sampler or Sampler(["train"], [train_dataset]).set_phase("train")

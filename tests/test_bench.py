@@ -187,3 +187,22 @@ def test_cold_start_table_from_bench_runs(tiny_dataset, tmp_path):
     merged_md = (tmp_path / "m" / "cold_start.md").read_text()
     assert [line for line in merged_md.splitlines() if line.startswith("| ")][2:] == rows_md * 2
     assert f"| VBPR | {rows[0]['best_epoch']} | " in merged_md
+
+
+def test_memory_script_reports_stage_peaks_and_limits_batches(tiny_dataset, tmp_path):
+    data_path, name = tiny_dataset
+    out = tmp_path / "mem"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "memory.py"), "--dataset", name, "--data_path", data_path,
+           "--models", "VBPR", "VBPR:use_bias=False", "--batches", "2", "--out", str(out),
+           "--embedding_size=8", "--feature_embedding_size=8", "--train_batch_size=16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "memory.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["VBPR", "VBPR:use_bias=False"]
+    for r in rows:
+        assert set(r["peak_mb"]) == {"data", "model", "train", "eval"}
+        assert r["peak_rss_mb"] == max(r["peak_mb"].values()) > 50
+        # two epochs of at most two batches each, out of more than two per epoch
+        assert r["batches_per_epoch"] > 2 and r["batches_run"] == 4 and r["epochs"] == 2
+        assert r["full_epoch_s_estimate"] >= r["median_batch_s"] > 0 and 0 <= r["valid_recall@20"] <= 1
+    assert "| VBPR | " in proc.stdout and "| VBPR:use_bias=False | " in proc.stdout

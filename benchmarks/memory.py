@@ -137,7 +137,8 @@ def _worker(spec: dict) -> dict:
         "epochs": spec["epochs"], "batches_run": len(limited.rss), "median_batch_s": median_batch,
         "full_epoch_s_estimate": median_batch * len(train_data),
         "rss_first_batch_mb": round(rss_first[0], 1), "rss_last_batch_mb": round(limited.rss[-1], 1),
-        "rss_max_batch_mb": round(max(limited.rss), 1), "valid_recall@20": float(result["recall@20"]),
+        "rss_max_batch_mb": round(max(limited.rss), 1),
+        "rss_batches_mb": [round(x) for x in limited.rss], "valid_recall@20": float(result["recall@20"]),
     })
     return out
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import GeneralRecommender
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from recbole_mm.cache import graph_cache_dir
 from recbole_mm.data import graphs
@@ -111,6 +112,7 @@ class MultimodalRecommender(GeneralRecommender):
         self.train_users, self.train_items = graphs.interaction_edges(dataset)
         self._eval_cache = None
         self._user_counts = {}  # k -> top-k co-occurrence counts (CPU COO), for per-epoch resampling
+        self.checkpoint_branches = bool(config["checkpoint_branches"]) if "checkpoint_branches" in config else False
 
     @property
     def device(self) -> torch.device:
@@ -130,6 +132,16 @@ class MultimodalRecommender(GeneralRecommender):
 
     def pre_epoch_processing(self) -> None:
         """Called by the trainer before every training epoch (e.g. to resample a pruned graph)."""
+
+    def branch(self, module: nn.Module, *args):
+        """``module(*args)`` for one full-graph branch of the forward pass (a modality's GCN, an
+        expert). With ``checkpoint_branches: True`` its activations are not kept for the backward
+        pass but recomputed there (``torch.utils.checkpoint``, RNG state replayed, so dropout masks
+        and every number are the same): peak memory falls to about one branch's activations, for
+        roughly one more forward pass per batch."""
+        if self.checkpoint_branches and self.training and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
 
     # -- evaluation cache ---------------------------------------------------------------------
     def train(self, mode: bool = True):

@@ -92,7 +92,7 @@ class MMGCN(JointTableRecommender):
         self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.empty(n, dim)), requires_grad=trainable)
 
     def forward(self) -> torch.Tensor:
-        reps = torch.stack([branch(self.adj, self.modality_feature(m), self.id_embedding)
+        reps = torch.stack([self.branch(branch, self.adj, self.modality_feature(m), self.id_embedding)
                             for m, branch in self.branches.items()])
         return reps.mean(0) if self.pooling == "mean" else reps.sum(0)  # Eq. 8
 

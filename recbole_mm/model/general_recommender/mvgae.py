@@ -150,8 +150,8 @@ class MVGAE(MultimodalRecommender):
 
     def encode(self):
         """The fused Gaussian and the experts' ones (modalities in order, then the collaborative)."""
-        experts = [self.experts[m](self.adj, self.modality_feature(m)) for m in self.modalities]
-        experts.append(self.cf_expert(self.adj, self.collaborative))
+        experts = [self.branch(self.experts[m], self.adj, self.modality_feature(m)) for m in self.modalities]
+        experts.append(self.branch(self.cf_expert, self.adj, self.collaborative))
         mm = product_of_experts(torch.stack([mu for mu, _ in experts[:-1]]),
                                 torch.stack([lv for _, lv in experts[:-1]]))
         fused = product_of_experts(torch.stack([mm[0], experts[-1][0]]), torch.stack([mm[1], experts[-1][1]]))

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -150,6 +151,26 @@ def test_loss_matches_the_official_formulation(tiny_dataset):
     assert m.item_embedding.weight.grad.abs().sum() > 0
     _, again, _ = _build("DAMRS", data_path, name, kl_weight=0.7, neighbor_weight=0.3)
     assert again.calculate_loss(inter).item() == loss.item()  # same seed, same number
+
+
+def test_chunked_item_relation_loss_equals_the_whole(tiny_dataset):
+    """``ai_chunk_rows`` (rows of L_AI at a time, recomputed in backward): the same loss and gradients
+    as all rows at once, up to float summation order; a chunk smaller than the batch's items."""
+    data_path, name = tiny_dataset
+    results, inter = [], None
+    for chunk in (0, 3):
+        _, m, train = _build("DAMRS", data_path, name, neighbor_weight=0.5, ai_chunk_rows=chunk)
+        m.train()
+        inter = inter or next(iter(train))  # the same batch (and negatives) for both
+        n_rows = len(torch.unique(torch.cat([inter[m.ITEM_ID], inter[m.NEG_ITEM_ID]])))
+        assert n_rows > 3 * 2  # at least three chunks
+        loss = m.calculate_loss(inter)
+        loss.backward()
+        results.append((loss.detach(), m.item_embedding.weight.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="ai_chunk_rows"):
+        _build("DAMRS", data_path, name, ai_chunk_rows=-1)
 
 
 def test_graphs_and_inference(tiny_dataset):

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from recbole_mm.data import graphs
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
@@ -146,6 +147,9 @@ class DAMRS(MultimodalRecommender):
         self.n_ui_layers, self.n_mm_layers = config["n_ui_layers"], config["n_mm_layers"]
         self.kl_weight, self.neighbor_weight = config["kl_weight"], config["neighbor_weight"]
         self.n_positives, self.temperature = config["n_positives"], config["temperature"]
+        self.ai_chunk_rows = int(config["ai_chunk_rows"] or 0)
+        if self.ai_chunk_rows < 0:
+            raise ValueError(f"DAMRS ai_chunk_rows must be >= 0 (0: all rows at once), got {self.ai_chunk_rows}")
 
         self.init_id_embeddings(self.embedding_size)
         self.adj = self.ui_graph()
@@ -196,12 +200,7 @@ class DAMRS(MultimodalRecommender):
         content = torch.stack(branches).mean(0)
         batch_users, batch_items = torch.unique(user), torch.unique(torch.cat([pos, neg]))
 
-        # AI: graded item relations, candidates = the real items (columns shifted by the padding id)
-        cos = [F.normalize(h[batch_items], dim=1) @ F.normalize(h[1:], dim=1).T for h in branches]
-        n_pos = min(self.n_positives, (self.n_items - 1) // 2)
-        labels = graded_positives([torch.softmax(c.detach(), dim=1) for c in cos], n_pos)
-        ai = torch.stack([graded_neighbour_loss(c, s, w, self.temperature)
-                          for c, (s, w) in zip(cos, labels)]).mean()
+        ai = self._item_relation_loss(branches, batch_items)
 
         # AU: user-preference alignment of the collaborative and content item views
         u = users[batch_users]
@@ -216,6 +215,32 @@ class DAMRS(MultimodalRecommender):
         margin = (u * fused[pos]).sum(1) - (u * fused[neg]).sum(1)
         bpr = -(F.logsigmoid(margin) * w_pos + F.logsigmoid(-margin) * w_neg).mean()
         return bpr + self.neighbor_weight * ai + self.kl_weight * au
+
+    def _item_relation_loss(self, branches, batch_items):
+        """L_AI over the batch's items; candidates = the real items (columns shifted by the padding id).
+        Its ``(batch items, n_items)`` cosines per branch dominate memory on large catalogues: with
+        ``ai_chunk_rows: C`` the rows go C at a time, each chunk recomputed in the backward pass
+        (``torch.utils.checkpoint``), so at most C rows are held: the same loss up to float
+        summation order."""
+        candidates = [F.normalize(h[1:], dim=1) for h in branches]
+        n_pos = min(self.n_positives, (self.n_items - 1) // 2)
+
+        def rows_loss(rows):
+            cos = [F.normalize(h[rows], dim=1) @ c.T for h, c in zip(branches, candidates)]
+            labels = graded_positives([torch.softmax(c.detach(), dim=1) for c in cos], n_pos)
+            return torch.stack([graded_neighbour_loss(c, s, w, self.temperature)
+                                for c, (s, w) in zip(cos, labels)]).mean()
+
+        chunk = self.ai_chunk_rows
+        if not chunk or len(batch_items) <= chunk:
+            return rows_loss(batch_items)
+        total = 0.0
+        for rows in batch_items.split(chunk):  # row blocks of the batch, not single items
+            if torch.is_grad_enabled():
+                total = total + checkpoint(rows_loss, rows, use_reentrant=False) * len(rows)
+            else:
+                total = total + rows_loss(rows) * len(rows)
+        return total / len(batch_items)
 
     def inference_embeddings(self):
         with torch.no_grad():

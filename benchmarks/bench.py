@@ -129,19 +129,27 @@ def run_one(args, overrides, model_spec: str, seed: int) -> dict:
     spec = {"model": model, "seed": seed, "dataset": args.dataset, "data_path": os.path.abspath(args.data_path),
             "epochs": args.epochs, "threads": args.threads, "overrides": overrides,
             "checkpoint_dir": os.path.abspath(os.path.join(args.out, "saved"))}
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    repo = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
     log_path = os.path.join(args.out, f"{model_spec.replace(':', '_').replace(',', '_')}-{seed}.log")
-    with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, __file__, "--_worker", json.dumps(spec)], stdout=subprocess.PIPE,
-                              stderr=log, text=True, timeout=args.timeout, cwd=args.out, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{model_spec} (seed {seed}) failed with exit code {proc.returncode}; see {log_path}")
-    result = json.loads(lines[-1][len("BENCH_RESULT "):])
+    result = launch_worker(__file__, spec, args.threads, args.timeout, args.out, log_path, "BENCH_RESULT",
+                           f"{model_spec} (seed {seed})")
     result["model"] = model_spec
     return result
+
+
+def launch_worker(script: str, spec: dict, threads: int, timeout: int, cwd: str, log_path: str, marker: str,
+                  label: str) -> dict:
+    """Run ``script --_worker SPEC`` in a fresh process (its own peak RSS, ``threads`` BLAS threads,
+    the repository on its path, stderr to ``log_path``) and return the JSON it prints after ``marker``."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, script, "--_worker", json.dumps(spec)], stdout=subprocess.PIPE,
+                              stderr=log, text=True, timeout=timeout, cwd=cwd, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(marker + " ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{label} failed with exit code {proc.returncode}; see {log_path}")
+    return json.loads(lines[-1][len(marker) + 1:])
 
 
 def _fmt(value, column):

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import parse_model_spec, parse_with_overrides  # noqa: E402
+from bench import launch_worker, parse_model_spec, parse_with_overrides  # noqa: E402
 
 STAGES = ("data", "model", "train", "eval")
 
@@ -148,17 +148,8 @@ def run_one(args, overrides, model_spec: str) -> dict:
     spec = {"model": model, "seed": args.seed, "dataset": args.dataset, "data_path": os.path.abspath(args.data_path),
             "epochs": args.epochs, "batches": args.batches, "threads": args.threads,
             "overrides": {**overrides, **extra}, "checkpoint_dir": os.path.abspath(os.path.join(args.out, "saved"))}
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    repo = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
     log_path = os.path.join(args.out, f"{model_spec.replace(':', '_').replace(',', '_')}.log")
-    with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, __file__, "--_worker", json.dumps(spec)], stdout=subprocess.PIPE,
-                              stderr=log, text=True, timeout=args.timeout, cwd=args.out, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("MEMORY_RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{model_spec} failed with exit code {proc.returncode}; see {log_path}")
-    result = json.loads(lines[-1][len("MEMORY_RESULT "):])
+    result = launch_worker(__file__, spec, args.threads, args.timeout, args.out, log_path, "MEMORY_RESULT", model_spec)
     result["model"] = model_spec
     return result
 

@@ -33,9 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import launch_worker, parse_model_spec, parse_with_overrides  # noqa: E402
 
-STAGES = ("data", "model", "train", "eval")
-
-
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -89,9 +86,7 @@ def _worker(spec: dict) -> dict:
     from recbole.utils import init_logger, init_seed
 
     from recbole_mm.config import Config
-    from recbole_mm.data import data_preparation
-    from recbole_mm.quick_start import load_dataset
-    from recbole_mm.utils import get_model, get_trainer
+    from recbole_mm.quick_start import build_model, prepare_data
 
     sys.argv = [sys.argv[0]] + [f"--{k}={v}" for k, v in spec["overrides"].items()]
     config = Config(model=spec["model"], dataset=spec["dataset"],
@@ -108,22 +103,17 @@ def _worker(spec: dict) -> dict:
         _reset_peak()
 
     start = time.perf_counter()
-    dataset = load_dataset(config)
-    train_data, valid_data, _ = data_preparation(config, dataset)
+    _, (train_data, valid_data, _) = prepare_data(config)
     stage("data", start)
     start = time.perf_counter()
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    _, trainer = build_model(config, train_data)
     stage("model", start)
     start = time.perf_counter()
     limited = LimitedBatches(train_data, spec["batches"])
     trainer.eval_collector.data_collect(train_data)
-    rss_first = []
     for epoch in range(spec["epochs"]):
         first = len(limited.rss)
         trainer._train_epoch(limited, epoch)
-        rss_first.append(limited.rss[first] if len(limited.rss) > first else None)
         print(f"  epoch {epoch}: {len(limited.rss) - first} batches, RSS {limited.rss[-1]:.0f} MB",
               file=sys.stderr, flush=True)
     stage("train", start)
@@ -136,8 +126,7 @@ def _worker(spec: dict) -> dict:
         "peak_rss_mb": round(max(peaks.values()), 1), "batches_per_epoch": len(train_data),
         "epochs": spec["epochs"], "batches_run": len(limited.rss), "median_batch_s": median_batch,
         "full_epoch_s_estimate": median_batch * len(train_data),
-        "rss_first_batch_mb": round(rss_first[0], 1), "rss_last_batch_mb": round(limited.rss[-1], 1),
-        "rss_max_batch_mb": round(max(limited.rss), 1),
+        "rss_first_batch_mb": round(limited.rss[0], 1), "rss_last_batch_mb": round(limited.rss[-1], 1),
         "rss_batches_mb": [round(x) for x in limited.rss], "valid_recall@20": float(result["recall@20"]),
     })
     return out

@@ -40,17 +40,26 @@ def load_dataset(config):
     return dataset
 
 
+def prepare_data(config):
+    """Dataset and split dataloaders for ``config``."""
+    dataset = load_dataset(config)
+    getLogger().info(dataset)
+    return dataset, data_preparation(config, dataset)
+
+
+def build_model(config, train_data):
+    """Model (seeded: its graphs and initial weights) and trainer for ``config``."""
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    getLogger().info(model)
+    return model, get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+
 def prepare(config):
     """Dataset, split dataloaders, model and trainer for ``config``."""
-    dataset = load_dataset(config)
-    model_class = get_model(config["model"])
-    getLogger().info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = model_class(config, train_data._dataset).to(config["device"])
-    getLogger().info(model)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    return dataset, (train_data, valid_data, test_data), model, trainer
+    dataset, splits = prepare_data(config)
+    model, trainer = build_model(config, splits[0])
+    return dataset, splits, model, trainer
 
 
 def run_recbole_mm(

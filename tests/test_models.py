@@ -225,8 +225,9 @@ def test_alignrec_train_features_tunes_a_copy(tiny_dataset):
     torch.testing.assert_close(m.h_enc, original)
 
 
-@pytest.mark.parametrize("switch", [{}, {"prune": False}, {"user_pe": False}, {"item_pe": True},
-                                    {"behaviour_graph": False}, {"sampled_attention": False},
+@pytest.mark.parametrize("switch", [{}, {"prune": False}, {"user_pe": True}, {"item_pe": True},
+                                    {"behaviour_graph": False}, {"sampled_attention": True},
+                                    {"user_pe": True, "sampled_attention": True},  # the paper's full model
                                     {"behaviour_norm": True, "pe_scale": 0.1}])
 def test_userec_ablation_switches(tiny_dataset, run_config, switch):
     data_path, name = tiny_dataset
@@ -237,7 +238,7 @@ def test_userec_ablation_switches(tiny_dataset, run_config, switch):
 
 def test_userec_prunes_for_training_only(tiny_dataset):
     data_path, name = tiny_dataset
-    _, m, _ = _build("USERec", data_path, name, keep_ratio=0.3)
+    _, m, _ = _build("USERec", data_path, name, keep_ratio=0.3, user_pe=True, sampled_attention=True)
     m.train()
     m.pre_epoch_processing()
     import math
@@ -249,7 +250,7 @@ def test_userec_prunes_for_training_only(tiny_dataset):
     m.pre_epoch_processing()
     m.eval()
     torch.testing.assert_close(before, m.full_sort_predict(users))
-    # positional codes: users get them, items do not (by default)
+    # positional codes: users get them (when asked), items do not (by default)
     assert m.user_pe and not m.item_pe and m.user_code.shape == (m.n_users, m.embedding_size)
 
 
@@ -297,3 +298,18 @@ def test_userec_pe_scale(tiny_dataset):
     data_path, name = tiny_dataset
     _, m, _ = _build("USERec", data_path, name, pe_scale=0.1)
     torch.testing.assert_close(m.user_code, 0.1 * sinusoidal_encoding(torch.arange(m.n_users), m.embedding_size))
+
+
+def test_userec_pe_order_shuffled(tiny_dataset):
+    """``pe_order: shuffled``: the same codes, assigned through a seeded permutation of the ids."""
+    data_path, name = tiny_dataset
+    _, ordered, _ = _build("USERec", data_path, name)
+    _, shuffled, _ = _build("USERec", data_path, name, pe_order="shuffled")
+    _, again, _ = _build("USERec", data_path, name, pe_order="shuffled")
+    torch.testing.assert_close(shuffled.user_code, again.user_code)  # same seed, same permutation
+    assert not torch.equal(shuffled.user_code, ordered.user_code)
+    # each shuffled row is the code of exactly one id: the rows are a permutation of the index codes
+    match = (shuffled.user_code[:, None, :] == ordered.user_code[None, :, :]).all(-1)
+    assert (match.sum(0) == 1).all() and (match.sum(1) == 1).all()
+    with pytest.raises(ValueError, match="pe_order"):
+        _build("USERec", data_path, name, pe_order="random")

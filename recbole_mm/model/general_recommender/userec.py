@@ -1,9 +1,11 @@
 """USERec (PRAI 2025, 38(12)): multimodal recommendation with user semantic embedding refinement.
 
-Every component is a config switch, so the paper's ablations are one flag each:
+Every component is a config switch, so the paper's ablations are one flag each (the yaml
+switches ``user_pe`` and ``sampled_attention`` off: measured on lfm2k and Baby, benchmarks/README.md):
 
 * ``user_pe`` / ``item_pe``: fixed sinusoidal code of the id (times ``pe_scale``) added to the
   trainable embedding (users only in the paper; ``item_pe`` is the "PE on both sides" ablation);
+  ``pe_order: shuffled`` codes a seeded permutation of the ids (no id-order information);
 * ``prune``: LightGCN over a degree-sensitively pruned user-item graph resampled every epoch
   (keep ``keep_ratio`` = ρ_p of the edges, p ∝ 1/sqrt(d_u d_i)); the full graph at inference;
 * ``behaviour_graph``: each modality projected by its own linear layer, concatenated (then mapped
@@ -51,8 +53,18 @@ class USERec(MultimodalRecommender):
         # entries while Xavier-initialised embeddings start ~20x smaller, so the scale sets how much
         # of the initial user representation is position rather than learned preference
         scale = config["pe_scale"]
-        self.register_buffer("user_code", scale * sinusoidal_encoding(torch.arange(self.n_users), d), persistent=False)
-        self.register_buffer("item_code", scale * sinusoidal_encoding(torch.arange(self.n_items), d), persistent=False)
+        # a dataset's id order can encode its interactions, test ones included (Amazon Baby's MMRec ids
+        # were assigned in interaction order), and a code of the raw index hands that order to the
+        # model; ``pe_order: shuffled`` codes a fixed seeded permutation of the ids instead
+        if config["pe_order"] not in ("index", "shuffled"):
+            raise ValueError(f"pe_order: {config['pe_order']!r} (expected index or shuffled)")
+        generator = torch.Generator().manual_seed(config["seed"])
+
+        def positions(n):
+            return torch.randperm(n, generator=generator) if config["pe_order"] == "shuffled" else torch.arange(n)
+
+        self.register_buffer("user_code", scale * sinusoidal_encoding(positions(self.n_users), d), persistent=False)
+        self.register_buffer("item_code", scale * sinusoidal_encoding(positions(self.n_items), d), persistent=False)
 
         self.sim_graph = self.mixed_knn_graph(config["knn_k"], config["modality_weights"])
         if self.behaviour_graph:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -206,3 +207,21 @@ def test_memory_script_reports_stage_peaks_and_limits_batches(tiny_dataset, tmp_
         assert r["batches_per_epoch"] > 2 and r["batches_run"] == 4 and r["epochs"] == 2
         assert r["full_epoch_s_estimate"] >= r["median_batch_s"] > 0 and 0 <= r["valid_recall@20"] <= 1
     assert "| VBPR | " in proc.stdout and "| VBPR:use_bias=False | " in proc.stdout
+
+
+def test_id_order_share_rates_hand_example(tmp_path):
+    """Users 0-1 and 2-3 share an item, 1-2 do not: adjacent share 2/3; random pairs are only distinct users."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import id_order
+
+    users = [0, 0, 1, 1, 2, 3, 3]  # user 1 repeats item 5: counted once
+    items = [4, 5, 5, 5, 6, 6, 7]
+    adjacent, random = id_order.share_rates(np.array(users), np.array(items), n_pairs=2000, seed=0)
+    assert adjacent == pytest.approx(2 / 3)
+    # of the 6 distinct unordered pairs, (0,1) and (2,3) share an item: about 1/3 of random pairs
+    assert random == pytest.approx(1 / 3, abs=0.05)
+    inter = tmp_path / "x.inter"
+    inter.write_text("userID\titemID\n0\t1\n")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "id_order.py"), str(inter)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {inter}: missing column(s) x_label"

@@ -1,7 +1,7 @@
 """Peak memory of training and full-ranking evaluation, stage by stage, per model.
 
     python benchmarks/memory.py --dataset elec_syn --data_path /tmp/syn/data --models GRCN DualGNN \
-        [--epochs 2] [--batches N] [--threads 1] [--out OUT] [--key=value ...]
+        [--epochs 2] [--batches N] [--threads 1] [--out OUT] [--skip_eval] [--rounds R] [--key=value ...]
 
 Each model runs in its own subprocess (so its peak RSS is its own): the dataset and dataloaders,
 the model (its graphs and KNN), ``--epochs`` training epochs through the model's trainer (the same
@@ -15,7 +15,9 @@ extrapolates the full epoch's seconds from the median batch. ``--batches 0`` run
 
 Peaks are the kernel's high-water mark (``VmHWM``), reset between stages through
 ``/proc/self/clear_refs``, so each stage's peak is its own. Writes ``OUT/memory.jsonl`` (one
-line per model) and prints a markdown table.
+line per model) and prints a markdown table. ``--rounds R`` runs the model list R times in turn, so
+that the s/batch of two settings (``MMGCN MMGCN:cpu_allocator_tuning=False``) are measured
+alternating and slow drift of the machine lands on both; ``--skip_eval`` leaves out the evaluation.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def _worker(spec: dict) -> dict:
               file=sys.stderr, flush=True)
     stage("train", start)
     start = time.perf_counter()
-    result = trainer.evaluate(valid_data, load_best_model=False)
+    result = {"recall@20": float("nan")} if spec.get("skip_eval") else trainer.evaluate(valid_data, load_best_model=False)
     stage("eval", start)
     median_batch = statistics.median(limited.batch_s)
     out.update({
@@ -135,7 +137,7 @@ def _worker(spec: dict) -> dict:
 def run_one(args, overrides, model_spec: str) -> dict:
     model, extra = parse_model_spec(model_spec)
     spec = {"model": model, "seed": args.seed, "dataset": args.dataset, "data_path": os.path.abspath(args.data_path),
-            "epochs": args.epochs, "batches": args.batches, "threads": args.threads,
+            "epochs": args.epochs, "batches": args.batches, "threads": args.threads, "skip_eval": args.skip_eval,
             "overrides": {**overrides, **extra}, "checkpoint_dir": os.path.abspath(os.path.join(args.out, "saved"))}
     log_path = os.path.join(args.out, f"{model_spec.replace(':', '_').replace(',', '_')}.log")
     result = launch_worker(__file__, spec, args.threads, args.timeout, args.out, log_path, "MEMORY_RESULT", model_spec)
@@ -170,11 +172,15 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per model")
     parser.add_argument("--out", default="memory_out")
+    parser.add_argument("--skip_eval", action="store_true",
+                        help="no evaluation stage (its column then shows what training left resident)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the model list this many times, alternating (for s/batch ratios that drift cancels)")
     args, overrides = parse_with_overrides(parser, argv)
     os.makedirs(args.out, exist_ok=True)
     rows = []
     with open(os.path.join(args.out, "memory.jsonl"), "a") as fh:
-        for model in args.models:
+        for model in [m for _ in range(args.rounds) for m in args.models]:
             print(f"running {model} ...", file=sys.stderr, flush=True)
             try:
                 row = run_one(args, overrides, model)

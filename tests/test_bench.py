@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -207,6 +208,19 @@ def test_memory_script_reports_stage_peaks_and_limits_batches(tiny_dataset, tmp_
         assert r["batches_per_epoch"] > 2 and r["batches_run"] == 4 and r["epochs"] == 2
         assert r["full_epoch_s_estimate"] >= r["median_batch_s"] > 0 and 0 <= r["valid_recall@20"] <= 1
     assert "| VBPR | " in proc.stdout and "| VBPR:use_bias=False | " in proc.stdout
+
+
+def test_memory_script_rounds_alternate_and_eval_can_be_skipped(tiny_dataset, tmp_path):
+    data_path, name = tiny_dataset
+    out = tmp_path / "mem"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "memory.py"), "--dataset", name, "--data_path", data_path,
+           "--models", "VBPR", "BPR", "--rounds", "2", "--skip_eval", "--epochs", "1", "--batches", "1",
+           "--out", str(out), "--embedding_size=8", "--feature_embedding_size=8", "--train_batch_size=16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "memory.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["VBPR", "BPR", "VBPR", "BPR"]  # alternating rounds
+    assert all(math.isnan(r["valid_recall@20"]) and r["seconds"]["eval"] < 1.0 for r in rows)
 
 
 def test_id_order_share_rates_hand_example(tmp_path):

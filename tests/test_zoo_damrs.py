@@ -74,11 +74,39 @@ def test_graded_positives_and_loss_by_hand():
     # branch 1 ranks 2 p1 + p2 = [.9, .8, .7, .6] -> strong 0; weak: best of p1 among the rest -> 1
     assert (s1.tolist(), w1.tolist()) == ([[0]], [[1]])
     assert (s2.tolist(), w2.tolist()) == ([[3]], [[2]])
+    # three branches, one at a time: branch b ranks sum(p) + p_b, its weak ones p_b among the rest
+    p3 = torch.tensor([[0.25, 0.05, 0.3, 0.4]])
+    out = graded_positives([p1, p2, p3], 1)
+    total = p1 + p2 + p3
+    for p, (strong, weak) in zip([p1, p2, p3], out):
+        assert strong.item() == int((total + p).argmax())
+        assert weak.item() == int(p.scatter(1, strong, -1.0).argmax())
+    assert [s.item() for s, _ in out] == [0, 3, 3] and [w.item() for _, w in out] == [1, 2, 2]
     cos = torch.tensor([[1.0, 0.5, -0.5, 0.0]])
     e = torch.exp(cos / 0.2)[0]
     expect = -math.log(e[0] / e.sum() + 1e-9) - math.log(e[1] / (e.sum() - e[0]) + 1e-9)
     got = graded_neighbour_loss(cos, torch.tensor([[0]]), torch.tensor([[1]]), 0.2)
     torch.testing.assert_close(got, torch.tensor(expect, dtype=torch.float32))
+
+
+def test_graded_neighbour_loss_gradient():
+    """The one-pass backward equals autograd through the formula (double precision, gradcheck)."""
+    torch.manual_seed(0)
+    cos = (torch.rand(5, 9, dtype=torch.double) * 2 - 1).requires_grad_(True)
+    probs = [torch.softmax(torch.randn(5, 9, dtype=torch.double), 1) for _ in range(2)]
+    (strong, weak), _ = graded_positives(probs, 3)
+    assert torch.autograd.gradcheck(lambda c: graded_neighbour_loss(c, strong, weak, 0.2), (cos,))
+
+    def formula(c):
+        e = torch.exp(c / 0.2)
+        total, s_s, s_w = e.sum(1), e.gather(1, strong).sum(1), e.gather(1, weak).sum(1)
+        return (-torch.log(s_s / total + 1e-9) - torch.log(s_w / (total - s_s) + 1e-9)).mean()
+
+    ours, ref = graded_neighbour_loss(cos, strong, weak, 0.2), formula(cos)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(torch.autograd.grad(3.0 * ours, cos)[0], torch.autograd.grad(3.0 * ref, cos)[0])
+    with torch.no_grad():  # the plain formula when no gradient is needed
+        torch.testing.assert_close(graded_neighbour_loss(cos, strong, weak, 0.2), ref.detach())
 
 
 def test_feedback_weights_by_hand():

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recbole_mm.model.layers import AggregateCombine, EdgeGraph, SparseOperator, edge_propagate
+from recbole_mm.model.layers import AggregateCombine, EdgeGraph, SparseOperator, edge_propagate, normalize_rows
 from tests.test_models import _build
 
 # a 4-node directed graph (target <- source), given unsorted and with one duplicate edge
@@ -97,6 +97,44 @@ def test_aggregate_combine_by_hand(concat):
     else:  # W_3 = ones(2, 2): lrelu(sum(h) + x_hat)
         expected0 = [lrelu(sum(h0) + xh0[0]), lrelu(sum(h0) + xh0[1])]
     torch.testing.assert_close(out[0], torch.tensor(expected0))
+
+
+def test_aggregate_combine_split_matches_concatenation():
+    """The two-product form of Eq. 6 equals W_3 [h; x_hat] in output and in every gradient."""
+    torch.manual_seed(1)
+    layer = AggregateCombine(5, 3, concat=True).double()
+    adj = SparseOperator(torch.sparse_coo_tensor(torch.tensor([[0, 0, 1, 2, 3], [1, 2, 0, 3, 1]]),
+                                                 torch.rand(5, dtype=torch.double), (4, 4)))
+    x = torch.randn(4, 5, dtype=torch.double, requires_grad=True)
+    ids = torch.randn(4, 3, dtype=torch.double, requires_grad=True)
+
+    def by_concat():
+        h = F.leaky_relu(torch.sparse.mm(adj.csr.to_sparse_coo(), x @ layer.conv))
+        x_hat = F.leaky_relu(layer.self_proj(x)) + ids
+        return F.leaky_relu(layer.combine(torch.cat([h, x_hat], dim=1)))
+
+    weights = torch.randn(4, 3, dtype=torch.double)
+    grads = []
+    for fn in (lambda: layer(adj, x, ids), by_concat):
+        out = fn()
+        grads.append([out.detach()] + list(torch.autograd.grad((out * weights).sum(), [x, ids, *layer.parameters()])))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_normalize_rows_matches_f_normalize():
+    x = torch.randn(6, 4, dtype=torch.double)
+    x[2] = 0.0  # a zero row: the norm is clamped to eps, as in F.normalize
+    x[4] = 1e-14
+    x.requires_grad_(True)
+    g = torch.randn(6, 4, dtype=torch.double)
+    ours, ref = normalize_rows(x), F.normalize(x, dim=1)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(torch.autograd.grad((ours * g).sum(), x)[0], torch.autograd.grad((ref * g).sum(), x)[0])
+    assert torch.autograd.gradcheck(normalize_rows, (torch.randn(3, 5, dtype=torch.double, requires_grad=True),))
+    # the custom backward keeps only the output and the norms, not the input
+    y = normalize_rows(x)
+    assert {t.data_ptr() for t in y.grad_fn.saved_tensors} == {y.data_ptr(), y.grad_fn.saved_tensors[1].data_ptr()}
 
 
 def test_mmgcn_branches_and_fixed_embeddings(tiny_dataset):

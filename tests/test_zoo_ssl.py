@@ -153,6 +153,44 @@ def test_mvgae_same_seed_same_loss(tiny_dataset):
     assert torch.equal(losses[0], losses[1])
 
 
+def test_mvgae_recomputed_terms_change_no_number(tiny_dataset):
+    """The product of experts and each ELBO term run again in backward (sampling noise replayed) and
+    the in-place activations: training loss and every gradient equal the plain composition."""
+    import torch.nn.functional as F
+    from recbole_mm.model.general_recommender import mvgae as mod
+
+    data_path, name = tiny_dataset
+    _, m, train = _build("MVGAE", data_path, name)
+    batch = next(iter(train))
+    user, pos, neg = batch[m.USER_ID], batch[m.ITEM_ID], batch[m.NEG_ITEM_ID]
+    m.train()
+    params = [p for p in m.parameters() if p.requires_grad]
+
+    def plain_encoder(enc, graph, item_inputs):  # the same layers, out-of-place, F.normalize
+        x = F.normalize(torch.cat([enc.preference, enc.mlp(item_inputs)]), dim=-1)
+        for conv, gate in zip(enc.convs, enc.gates):
+            x = F.leaky_relu(gate(F.leaky_relu(conv(graph, x))))
+        return tuple(h["gate"](F.leaky_relu(h["conv"](graph, x))) + F.leaky_relu(h["skip"](x))
+                     for h in enc.heads.values())
+
+    def plain_loss():
+        experts = [plain_encoder(m.experts[k], m.adj, m.modality_feature(k)) for k in m.modalities]
+        experts.append(plain_encoder(m.cf_expert, m.adj, m.collaborative))
+        mm = mod.product_of_experts(torch.stack([mu for mu, _ in experts[:-1]]), torch.stack([lv for _, lv in experts[:-1]]))
+        fused = mod.product_of_experts(torch.stack([mm[0], experts[-1][0]]), torch.stack([mm[1], experts[-1][1]]))
+        return sum(m.reconstruction_loss(m.sample(mu, lv), user, pos, neg) + m.beta * gaussian_kl(mu, lv, 10.0)
+                   for mu, lv in [fused, *experts])
+
+    results = []
+    for fn in (lambda: m.calculate_loss(batch), plain_loss):
+        torch.manual_seed(5)  # the same dropout masks and sampling noise
+        loss = fn()
+        results.append([loss.detach()] + list(torch.autograd.grad(loss, params)))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)  # the same forward numbers
+    for a, b in zip(results[0][1:], results[1][1:]):  # gradients up to float order (normalize_rows' formula)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 # -- SLMRec --------------------------------------------------------------------------------------
 def test_slmrec_block_propagation_is_per_view_lightgcn(tiny_dataset):
     data_path, name = tiny_dataset

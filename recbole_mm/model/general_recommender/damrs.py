@@ -100,11 +100,44 @@ def symmetric_bernoulli_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(a) - torch.sigmoid(b)) * (a - b)
 
 
+class _GradedNeighbourLoss(torch.autograd.Function):
+    """Forward as the formula of :func:`graded_neighbour_loss`; backward in one pass over ``(B, n)``:
+    ``dL/dcos_j = e_j / t * (c_S + c_s [j strong] + c_w [j weak])`` with the row coefficients
+    ``c_x = dL/dS_x``, instead of autograd's chain of exp, division, two gathers and a sum over the
+    same matrix (DA-MRS's epoch is dominated by these (batch items x catalogue) matrices)."""
+
+    @staticmethod
+    def forward(ctx, cos, strong, weak, temperature):
+        e = torch.exp(cos / temperature)
+        total, s_strong, s_weak = e.sum(1), e.gather(1, strong).sum(1), e.gather(1, weak).sum(1)
+        rest = total - s_strong
+        r_strong, r_weak = s_strong / total + 1e-9, s_weak / rest + 1e-9
+        ctx.save_for_backward(e, strong, weak, total, s_strong, s_weak, rest, r_strong, r_weak)
+        ctx.temperature = temperature
+        return (-torch.log(r_strong) - torch.log(r_weak)).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        e, strong, weak, total, s_strong, s_weak, rest, r_strong, r_weak = ctx.saved_tensors
+        scale = grad / (e.shape[0] * ctx.temperature)  # the mean over rows and d(cos / t)
+        # L = -ln(S_s / S + eps) - ln(S_w / (S - S_s) + eps) per row
+        c_total = (s_strong / total.square() / r_strong + s_weak / rest.square() / r_weak) * scale
+        c_strong = (-1.0 / (total * r_strong) - s_weak / rest.square() / r_weak) * scale
+        c_weak = -1.0 / (rest * r_weak) * scale
+        g = e * c_total.unsqueeze(1)
+        g.scatter_add_(1, strong, e.gather(1, strong) * c_strong.unsqueeze(1))
+        g.scatter_add_(1, weak, e.gather(1, weak) * c_weak.unsqueeze(1))
+        return g, None, None, None
+
+
 def graded_neighbour_loss(cos: torch.Tensor, strong: torch.Tensor, weak: torch.Tensor,
                           temperature: float) -> torch.Tensor:
     """DA-MRS's AI term from cosines ``(B, n)`` to all candidates and the index sets ``(B, P)`` of the
-    strong and weak positives: ``mean(-ln(S_s/S + 1e-9) - ln(S_w/(S - S_s) + 1e-9))``,
+    strong and weak positives (disjoint, as :func:`graded_positives` draws them):
+    ``mean(-ln(S_s/S + 1e-9) - ln(S_w/(S - S_s) + 1e-9))``,
     ``S_x = sum_{j in x} exp(cos_j / temperature)`` (the 1e-9 as the official code)."""
+    if torch.is_grad_enabled() and cos.requires_grad:
+        return _GradedNeighbourLoss.apply(cos, strong, weak, temperature)
     e = torch.exp(cos / temperature)
     total, s_strong, s_weak = e.sum(1), e.gather(1, strong).sum(1), e.gather(1, weak).sum(1)
     return (-torch.log(s_strong / total + 1e-9) - torch.log(s_weak / (total - s_strong) + 1e-9)).mean()
@@ -113,7 +146,9 @@ def graded_neighbour_loss(cos: torch.Tensor, strong: torch.Tensor, weak: torch.T
 def graded_positives(probs: list, n_positives: int):
     """For each branch ``b``: strong positives = top ``P`` of ``sum(probs) + probs[b]``; weak ones =
     the top ``P`` of ``probs[b]`` among the rest (DA-MRS's pseudo-labels). ``[(strong, weak)]``."""
-    total = torch.stack(probs).sum(0)
+    total = probs[0] + probs[1] if len(probs) > 1 else probs[0].clone()  # in place, not stack().sum(0):
+    for p in probs[2:]:  # the same sums in the same order, without a copy of every (B, n) matrix
+        total += p
     out = []
     for p in probs:
         strong = (total + p).topk(n_positives, dim=1).indices

@@ -29,12 +29,11 @@ What MMRec (our reference for accuracy) does, followed here where the paper diff
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.model.abstract_recommender import JointTableRecommender
-from recbole_mm.model.layers import AggregateCombine
+from recbole_mm.model.layers import AggregateCombine, normalize_rows
 from recbole_mm.model.loss import pair_rows_l2
 
 AGGREGATIONS = {"mean": "rw", "sum": "none"}  # -> ui_graph normalisation
@@ -56,7 +55,7 @@ class _ModalityGCN(nn.Module):
 
     def forward(self, graph, features: torch.Tensor, id_emb: torch.Tensor) -> torch.Tensor:
         items = self.mlp(features) if self.mlp is not None else features
-        x = F.normalize(torch.cat([self.preference, items]), dim=1)
+        x = normalize_rows(torch.cat([self.preference, items]))
         for layer in self.layers:
             x = layer(graph, x, id_emb)
         return x

@@ -58,7 +58,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import split_users_items
+from recbole_mm.model.layers import normalize_rows, recompute, split_users_items
 from recbole_mm.model.loss import gaussian_kl, product_of_experts
 
 MAX_LOGVAR = 10.0  # clamp of log sigma^2 in sampling and in the KL term (official code)
@@ -109,11 +109,20 @@ class _GaussianEncoder(nn.Module):
         })
 
     def forward(self, graph, item_inputs):
-        x = F.normalize(torch.cat([self.preference, self.mlp(item_inputs)]), dim=-1)
+        # leaky ReLUs in place on fresh products: each all-node table is then kept once for
+        # backward (by the activation and the next layer together), not twice
+        def act(t):
+            return F.leaky_relu(t, inplace=True)
+
+        x = normalize_rows(torch.cat([self.preference, self.mlp(item_inputs)]))
         for conv, gate in zip(self.convs, self.gates):
-            x = F.leaky_relu(gate(F.leaky_relu(conv(graph, x))))
-        return tuple(h["gate"](F.leaky_relu(h["conv"](graph, x))) + F.leaky_relu(h["skip"](x))
-                     for h in self.heads.values())
+            x = act(gate(act(conv(graph, x))))
+        return tuple(h["gate"](act(h["conv"](graph, x))) + act(h["skip"](x)) for h in self.heads.values())
+
+
+def _fuse(*gaussians):
+    """Product of experts of ``(mu_1, logvar_1, ..., mu_M, logvar_M)``."""
+    return product_of_experts(torch.stack(gaussians[0::2]), torch.stack(gaussians[1::2]))
 
 
 class MVGAE(MultimodalRecommender):
@@ -152,9 +161,9 @@ class MVGAE(MultimodalRecommender):
         """The fused Gaussian and the experts' ones (modalities in order, then the collaborative)."""
         experts = [self.branch(self.experts[m], self.adj, self.modality_feature(m)) for m in self.modalities]
         experts.append(self.branch(self.cf_expert, self.adj, self.collaborative))
-        mm = product_of_experts(torch.stack([mu for mu, _ in experts[:-1]]),
-                                torch.stack([lv for _, lv in experts[:-1]]))
-        fused = product_of_experts(torch.stack([mm[0], experts[-1][0]]), torch.stack([mm[1], experts[-1][1]]))
+        # element-wise over all nodes: recomputed in backward rather than kept (same numbers)
+        mm = recompute(_fuse, *[t for gaussian in experts[:-1] for t in gaussian])
+        fused = recompute(_fuse, *mm, *experts[-1])
         return fused, experts
 
     def sample(self, mu, logvar):
@@ -187,9 +196,14 @@ class MVGAE(MultimodalRecommender):
         fused, experts = self.encode()
         loss = 0.0
         for mu, logvar in [fused, *experts]:
-            loss = loss + self.reconstruction_loss(self.sample(mu, logvar), user, pos, neg) \
-                + self.beta * gaussian_kl(mu, logvar, MAX_LOGVAR)
+            # the all-node sample and KL terms are recomputed in backward (noise replayed)
+            loss = loss + recompute(self.elbo_term, mu, logvar, user, pos, neg)
         return loss
+
+    def elbo_term(self, mu, logvar, user, pos, neg):
+        """One Gaussian's reconstruction loss of a sample plus ``beta`` x its KL term."""
+        return self.reconstruction_loss(self.sample(mu, logvar), user, pos, neg) \
+            + self.beta * gaussian_kl(mu, logvar, MAX_LOGVAR)
 
     def inference_embeddings(self):
         mu = self.encode()[0][0]

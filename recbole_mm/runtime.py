@@ -4,10 +4,16 @@ glibc serves every allocation above ``M_MMAP_THRESHOLD`` (at most 32 MB by its d
 a fresh ``mmap`` and unmaps it on free, so each training step that gathers a feature-sized
 batch (e.g. 2048 x 4480 floats = 36 MB) pays page faults on every touched page: on our 2-core
 machine ``index_select`` of such a batch took 17 ms instead of 2 ms. Raising the mmap threshold
-and the trim threshold lets freed blocks be reused from the heap. It does not raise peak memory
-(the same blocks are live at the peak); it only stops returning freed memory to the OS between
-steps. PyTorch's own CPU performance guide recommends jemalloc/tcmalloc for the same reason; this
-achieves most of it without a preload. Switch off with ``cpu_allocator_tuning: False``.
+and the trim threshold lets freed blocks be reused from the heap (blocks of at least
+``cpu_mmap_threshold_mb``, 1 GB by default, are still mapped and returned). PyTorch's own CPU
+performance guide recommends jemalloc/tcmalloc for the same reason; this achieves most of it
+without a preload. The price is resident memory: freed blocks stay in the heap, and when a graph
+model allocates and frees many all-node tables of different sizes per batch, the heap fragments
+and grows well past the live set -- MMGCN on the Elec-sized synthetic graph (255k nodes) peaks at
+10.5-11.0 GB with the tuning against 6.6-6.7 GB without it (MVGAE 11.9-12.1 against 7.6 GB), at
+1.5x (MVGAE 2.5x) the time per batch without; PyTorch's ``THP_MEM_ALLOC_ENABLE=1``, set before
+torch starts, cuts that to 1.2x (1.5x) (benchmarks/README.md, "Memory on the Elec-sized synthetic
+set"). Switch off with ``cpu_allocator_tuning: False`` when memory is the limit.
 """
 
 from __future__ import annotations

@@ -223,6 +223,18 @@ def test_memory_script_rounds_alternate_and_eval_can_be_skipped(tiny_dataset, tm
     assert all(math.isnan(r["valid_recall@20"]) and r["seconds"]["eval"] < 1.0 for r in rows)
 
 
+def test_saved_activations_counts_what_backward_keeps(tiny_dataset, tmp_path):
+    """One line with the MB MMGCN keeps for backward (positive), then the largest node types."""
+    data_path, name = tiny_dataset
+    cmd = [sys.executable, str(REPO / "benchmarks" / "saved_activations.py"), "--dataset", name,
+           "--data_path", data_path, "--models", "MMGCN", "--top", "3", "--train_batch_size=16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, *nodes = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert first.startswith("MMGCN: ") and float(first.split()[1]) > 0
+    assert len(nodes) == 3 and all(line.strip().endswith("MB") for line in nodes)
+
+
 def test_id_order_share_rates_hand_example(tmp_path):
     """Users 0-1 and 2-3 share an item, 1-2 do not: adjacent share 2/3; random pairs are only distinct users."""
     sys.path.insert(0, str(REPO / "benchmarks"))

@@ -44,6 +44,30 @@ def test_same_seed_same_result_and_checkpoint_reload(tiny_dataset, run_config):
     assert trainer.evaluate(test_data, load_best_model=True, model_file=str(ckpt)) == different["test_result"]
 
 
+def test_reproducibility_makes_cpu_lookups_deterministic_at_any_thread_count(tiny_dataset, run_config):
+    """``reproducibility: True`` turns on torch's deterministic mode on CPU (RecBole's init_seed only
+    sets cuDNN's): the backward of ``table[ids]`` with repeated ids then gives the same bits on every
+    run at two threads; ``False`` turns it off again."""
+    from recbole_mm.config import Config
+
+    data_path, name = tiny_dataset
+    threads = torch.get_num_threads()
+    try:
+        Config(model="BPR", dataset=name, config_dict=dict(run_config, data_path=data_path, reproducibility=False))
+        assert not torch.are_deterministic_algorithms_enabled()
+        Config(model="BPR", dataset=name, config_dict=dict(run_config, data_path=data_path))
+        assert torch.are_deterministic_algorithms_enabled()
+        torch.set_num_threads(2)
+        gen = torch.Generator().manual_seed(0)
+        ids, weights = torch.randint(0, 500, (8192,), generator=gen), torch.randn(8192, 64, generator=gen)
+        table = torch.randn(500, 64, generator=gen, requires_grad=True)
+        grads = [torch.autograd.grad((table[ids] * weights).sum(), table)[0] for _ in range(10)]
+        assert all(torch.equal(grads[0], g) for g in grads[1:])
+        torch.testing.assert_close(grads[0], torch.zeros(500, 64).index_add_(0, ids, weights))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_model_without_modalities_fails_clearly(tiny_dataset, run_config):
     data_path, name = tiny_dataset
     with pytest.raises(ValueError, match="VBPR needs item modalities"):

@@ -58,6 +58,16 @@ def parse_args(argv=None):
     return parse_with_overrides(parser, argv)
 
 
+def dataset_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by ``doc``'s first paragraph, with the ``--dataset``, ``--data_path`` and
+    ``--models`` options the benchmark scripts share."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data_path", required=True)
+    parser.add_argument("--models", nargs="+", required=True)
+    return parser
+
+
 def parse_with_overrides(parser: argparse.ArgumentParser, argv=None):
     """``(args, {key: value})``: the parser's own options, and every other ``--key=value`` as a
     config override for all models (anything else is an error)."""

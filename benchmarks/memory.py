@@ -22,7 +22,6 @@ alternating and slow drift of the machine lands on both; ``--skip_eval`` leaves 
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import launch_worker, parse_model_spec, parse_with_overrides  # noqa: E402
+from bench import dataset_parser, launch_worker, parse_model_spec, parse_with_overrides  # noqa: E402
 
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as fh:
@@ -162,10 +161,7 @@ def main(argv=None):
     if argv and argv[0] == "--_worker":
         print("MEMORY_RESULT " + json.dumps(_worker(json.loads(argv[1]))), flush=True)
         return None
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data_path", required=True)
-    parser.add_argument("--models", nargs="+", required=True)
+    parser = dataset_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batches", type=int, default=0, help="batches per epoch (0: the whole epoch)")
     parser.add_argument("--seed", type=int, default=2020)

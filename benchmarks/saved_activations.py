@@ -16,13 +16,12 @@ printed for information only). Prints one line per model and the largest node ty
 
 from __future__ import annotations
 
-import argparse
 import collections
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import parse_with_overrides  # noqa: E402
+from bench import dataset_parser, parse_with_overrides  # noqa: E402
 
 
 def saved_bytes(model, batch):
@@ -83,10 +82,7 @@ def measure(model_name: str, dataset: str, data_path: str, overrides: dict, thre
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data_path", required=True)
-    parser.add_argument("--models", nargs="+", required=True)
+    parser = dataset_parser(__doc__)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--top", type=int, default=8, help="node types listed per model")
     args, overrides = parse_with_overrides(parser, argv)

@@ -21,6 +21,7 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_mm.compat import check_environment, ddp_backend
+from recbole_mm.runtime import set_cpu_determinism
 from recbole_mm.utils import canonical_model_name, get_model
 
 
@@ -38,20 +39,6 @@ def properties_dir() -> Path:
     except ModuleNotFoundError:
         pass
     return Path(__file__).resolve().parent.parent / "properties"
-
-
-def set_cpu_determinism(on: bool) -> None:
-    """``reproducibility: True`` on CPU: the same seed gives the same numbers at any thread count.
-
-    RecBole's ``init_seed`` only sets cuDNN's flags. On CPU, ``index_put_(accumulate=True)`` -- the
-    backward of every embedding lookup ``table[ids]`` -- adds duplicate rows from several threads in
-    no fixed order, so at 2+ threads two runs of one seed drifted apart (lfm2k MMGCN, 3 epochs: test
-    Recall@20 0.1259 and 0.1264; one thread: equal). torch's deterministic mode sorts the indices
-    first. ``warn_only``: an op without a deterministic kernel warns instead of failing; uninitialised
-    memory is not filled (that costs time and changes no result of a correct program).
-    """
-    torch.use_deterministic_algorithms(on, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 class Config(RecBoleConfig):

@@ -81,8 +81,8 @@ def _total(losses):
 class Trainer(CompatTrainerMixin, RecBoleTrainer):
     def __init__(self, config, model):
         if config["cpu_allocator_tuning"] and str(config["device"]).startswith("cpu"):
-            threshold = config["cpu_mmap_threshold_mb"]
-            tune_cpu_allocator(int(threshold if threshold is not None else 1024) << 20)
+            mb = config["cpu_mmap_threshold_mb"]
+            tune_cpu_allocator() if mb is None else tune_cpu_allocator(int(mb) << 20)
         super().__init__(config, model)
         self.epoch_log = []
         self.lr_scheduler = None

@@ -42,10 +42,7 @@ BASE_SEED = 2020
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data_path", required=True)
-    parser.add_argument("--models", nargs="+", required=True)
+    parser = dataset_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=None, help="max epochs (default: the yaml's)")
     parser.add_argument("--seeds", type=int, default=1, help="K seeds: SEED0, SEED0 + 1, ...")
     parser.add_argument("--seed0", type=int, default=BASE_SEED, help=f"first seed (default {BASE_SEED})")

@@ -148,3 +148,23 @@ def test_neighbour_policy_uses_training_interactions_only(tiny_dataset):
     np.testing.assert_array_equal(feat[mask], placeholder.numpy()[mask])
     # split copies share the imputed features (what models are built from)
     assert train.item_features["half"] is dataset.item_features["half"]
+
+
+def test_batch_indexing_matches_recbole_interaction_indexing(tiny_dataset):
+    """dataset[index] gathers each field with one tensor (the dataloaders' per-batch path): the same
+    rows as RecBole's Interaction[...] for integer arrays and tensors; masks keep RecBole's path."""
+    import torch
+
+    data_path, name = tiny_dataset
+    dataset = create_dataset(_config(data_path, name)).build()[0]  # the training split, as batched
+    inter = dataset.inter_feat
+    index = np.array([5, 0, 5, len(inter) - 1, 2])
+    for idx in (index, torch.from_numpy(index), index.astype(np.int32)):
+        got, want = dataset[idx], inter[index.tolist()]
+        assert set(got.interaction) == set(want.interaction)
+        for field in want.interaction:
+            assert got[field].dtype == want[field].dtype
+            assert torch.equal(got[field], want[field]), field
+    mask = np.zeros(len(inter), dtype=bool)
+    mask[[1, 3]] = True
+    assert torch.equal(dataset[mask][dataset.uid_field], inter[dataset.uid_field][[1, 3]])

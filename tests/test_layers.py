@@ -295,3 +295,16 @@ def test_row_logsumexp_by_hand_and_gradients():
     ref = torch.autograd.grad((w * torch.logsumexp(logits.masked_fill(mask, float("-inf")), 1)).sum(), x)
     for mine, theirs in zip(ours, ref):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_take_rows_is_indexing_in_value_and_gradient():
+    from recbole_mm.model.layers import take_rows
+
+    table = torch.randn(7, 3, requires_grad=True)
+    index = torch.tensor([4, 0, 4, 6, 4, 1])  # repeated rows accumulate their gradients
+    weights = torch.randn(6, 3)
+    (take_rows(table, index) * weights).sum().backward()
+    grad, table.grad = table.grad, None
+    (table[index] * weights).sum().backward()
+    torch.testing.assert_close(take_rows(table, index), table[index])
+    torch.testing.assert_close(grad, table.grad)

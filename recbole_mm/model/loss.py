@@ -199,9 +199,10 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, dtype: torch.
 
 def bootstrap_loss(online_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BYOL / BM3 regression loss ``1 - cos(p, sg(z))`` averaged over rows (BM3 Eq. 6)."""
-    p = torch.nn.functional.normalize(online_pred, dim=-1)
     z = torch.nn.functional.normalize(target.detach(), dim=-1)
-    return (1 - (p * z).sum(-1)).mean()
+    # p.z / |p| rather than normalize(p).z: the same cosine, one (n, d) division fewer forward and
+    # backward (a per-batch fixed cost of the light BYOL-style models)
+    return (1 - (online_pred * z).sum(-1) / online_pred.norm(dim=-1).clamp_min(1e-12)).mean()
 
 
 def similarity_preserving_loss(h: torch.Tensor, reference: torch.Tensor, counts: torch.Tensor | None = None,

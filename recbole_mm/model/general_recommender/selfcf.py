@@ -23,13 +23,12 @@ scaled by ``1 / (1 - r)``; inference uses the full graph. ``graph_dropout: 0`` t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.model import augment
 from recbole_mm.model.abstract_recommender import MultimodalRecommender
-from recbole_mm.model.layers import SparseOperator, lightgcn_propagate, split_users_items
+from recbole_mm.model.layers import SparseOperator, lightgcn_propagate, split_users_items, take_rows
 from recbole_mm.model.loss import bootstrap_loss, l2_reg
 
 
@@ -59,9 +58,9 @@ class SelfCF(MultimodalRecommender):
     def calculate_loss(self, interaction):
         user, item = interaction[self.USER_ID], interaction[self.ITEM_ID]
         users, items = self.forward(self.dropped_graph() if self.graph_dropout > 0 else self.adj)
-        u, i = users[user], items[item]
+        u, i = take_rows(users, user), take_rows(items, item)
         with torch.no_grad():  # target views: embedding dropout on a stopped-gradient copy
-            u_target, i_target = F.dropout(u, self.dropout), F.dropout(i, self.dropout)
+            u_target, i_target = augment.feature_dropout(u, self.dropout), augment.feature_dropout(i, self.dropout)
         loss = (bootstrap_loss(self.predictor(u), i_target) + bootstrap_loss(self.predictor(i), u_target)) / 2
         return loss + self.reg_weight * len(user) * l2_reg(u, i)  # = reg_weight/2 (sum ||e_u||^2 + ||e_i||^2)
 

@@ -26,8 +26,6 @@ from logging import getLogger
 
 import torch
 
-import torch
-
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _applied = False
